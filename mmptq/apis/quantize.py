@@ -1,0 +1,231 @@
+"""``quantize_model``: the one entry point of mmptq."""
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+from mmengine.utils import ProgressBar
+from torch import nn
+
+from mmptq.nn import (AttentionQuantizer, QuantConv1d, QuantConv2d,
+                      QuantConv3d, QuantConvTranspose2d, QuantLinear,
+                      apply_adapters, attention_sites, record_calls)
+from mmptq.nn.attention import build_site
+from mmptq.nn.modules import QuantWeightMixin
+from mmptq.quantizers import BaseQuantizer
+from mmptq.registry import HOOKS, MODEL_TRANSFORMS, QUANTIZERS, build_checked
+from .config import LayerRules, resolve_quant_cfg
+from .summary import QuantSummary
+
+#: float class → quantized class; subclasses that keep the parent's forward
+#: (mmcv's wrappers, NonDynamicallyQuantizableLinear) are wrapped too
+WRAPPERS: Dict[type, type] = {
+    nn.Linear: QuantLinear,
+    nn.Conv1d: QuantConv1d,
+    nn.Conv2d: QuantConv2d,
+    nn.Conv3d: QuantConv3d,
+    nn.ConvTranspose2d: QuantConvTranspose2d,
+}
+#: subclasses whose own forward is known to compute the parent's function
+EQUIVALENT_FORWARD = ('mmcv.cnn.bricks.wrappers',)
+
+
+def _wrapper_for(mod: nn.Module) -> Tuple[Optional[type], str]:
+    """(quantized class, '') or (None, reason it stays FP)."""
+    if isinstance(mod, QuantWeightMixin):
+        return None, 'already quantized'
+    for base in type(mod).__mro__:
+        if base in WRAPPERS:
+            same = type(mod).forward is base.forward or \
+                type(mod).__module__ in EQUIVALENT_FORWARD
+            if same:
+                return WRAPPERS[base], ''
+            return None, (f'{type(mod).__name__} overrides the forward of '
+                          f'{base.__name__}')
+    return None, f'no quantized op for {type(mod).__name__}'
+
+
+def run_batch(model: nn.Module) -> Callable:
+    """How to feed one calibration batch to ``model``: OpenMMLab models go
+    through ``test_step`` (data_preprocessor + predict); plain modules take
+    a tensor, a tuple of positional inputs or a dict of keyword inputs."""
+    if hasattr(model, 'test_step') and hasattr(model, 'data_preprocessor'):
+        return model.test_step
+
+    def call(batch):
+        if isinstance(batch, dict):
+            return model(**batch)
+        if isinstance(batch, (tuple, list)):
+            return model(*batch)
+        return model(batch)
+
+    return call
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition('.')
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def _quantizer(cfg: dict, bits: int, name: str, **defaults) -> nn.Module:
+    args = {**defaults, **cfg, 'bits': bits, 'name': name}
+    return build_checked(QUANTIZERS, args, name)
+
+
+def quantizers(model: nn.Module) -> List[BaseQuantizer]:
+    return [m for m in model.modules() if isinstance(m, BaseQuantizer)]
+
+
+def prepare(model: nn.Module, cfg: dict, first_batch,
+            run: Callable) -> QuantSummary:
+    """Adapters, attention discovery on one FP batch, then wrap every
+    quantizable op according to ``cfg``. Returns the per-layer summary."""
+    summary = QuantSummary()
+    rules = LayerRules(cfg)
+    for name, adapter in apply_adapters(model).items():
+        print_log(f'mmptq: {name} → {adapter}', logger='current')
+    calls = record_calls(model, lambda: run(first_batch))
+
+    for name, mod in list(model.named_modules()):
+        weight = getattr(mod, 'weight', None)
+        if not name or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+            continue
+        wrapper, reason = _wrapper_for(mod)
+        rule = rules.for_layer(name)
+        if wrapper is None:
+            summary.add(name, type(mod).__name__, reason=reason)
+            continue
+        if rule['skip']:
+            summary.add(name, wrapper.kind, reason='skipped by override')
+            continue
+        new = wrapper.from_float(mod)
+        new.train(mod.training)
+        wq = _quantizer(rule['weight'], rule['w_bits'], f'{name}.weight',
+                        ch_axis=wrapper.weight_ch_axis)
+        aq = _quantizer(rule['act'], rule['a_bits'], f'{name}.input')
+        new.attach(wq, aq)
+        new.calibrate_weight()
+        _replace(model, name, new)
+        summary.add(name, wrapper.kind, weight=wq, act=aq)
+
+    attn = cfg['attn']
+    for host_name, host_calls in calls.items():
+        roles = attention_sites(host_calls)
+        if roles is None:
+            for call in host_calls:
+                if call.kind in ('matmul', 'sdpa'):
+                    summary.add(f'{host_name}.{call.kind}', call.kind,
+                                reason='not part of an attention pattern')
+            continue
+        sites = []
+        for k, (call, role) in enumerate(zip(host_calls, roles)):
+            op_name = f'{host_name}.{role or call.kind}{k}'
+            if role is None:
+                summary.add(op_name, call.kind,
+                            reason='not part of an attention pattern')
+                sites.append(None)
+                continue
+            rule = rules.for_layer(op_name, host_name)
+            if rule['skip']:
+                summary.add(op_name, role, reason='skipped by override')
+                sites.append(None)
+                continue
+            bits = attn.get('bits') or rule['a_bits']
+            made = {}
+
+            def make(operand, op_name=op_name, rule=rule, bits=bits, made=made):
+                if operand == 'softmax':
+                    qcfg = attn['softmax']
+                elif attn['matmul'] is True:
+                    qcfg = rule['act']
+                elif isinstance(attn['matmul'], dict):
+                    qcfg = attn['matmul']
+                else:
+                    qcfg = None
+                if not qcfg:
+                    return None
+                made[operand] = _quantizer(qcfg, bits, f'{op_name}.{operand}')
+                return made[operand]
+
+            sites.append(build_site(role, make))
+            summary.add_attention(op_name, role, made)
+        AttentionQuantizer(host_name, [c.kind for c in host_calls],
+                           sites).attach_to(model.get_submodule(host_name))
+    for regex in rules.unused():
+        print_log(f'mmptq: override name={regex!r} matched no layer',
+                  logger='current', level=30)
+    return summary
+
+
+def calibrate(model: nn.Module, batches: Iterable, run: Callable,
+              mode: str = 'sequential') -> None:
+    """Feed the calibration batches with every quantizer observing.
+
+    sequential: quantization is on while observing, so every layer sees the
+    output of already-quantized layers (RepQ-ViT's order); parallel: the
+    observers see the FP signal."""
+    qs = quantizers(model)
+    weights = {
+        id(m.weight_quantizer)
+        for m in model.modules() if isinstance(m, QuantWeightMixin)
+    }
+    for q in qs:
+        q.enabled = mode == 'sequential'
+        q.observing = id(q) not in weights
+    bar = ProgressBar(len(batches)) if hasattr(batches, '__len__') else None
+    with torch.no_grad():
+        for batch in batches:
+            run(batch)
+            if bar is not None:
+                bar.update()
+    for q in qs:
+        q.enabled = True
+
+
+def freeze(model: nn.Module) -> None:
+    """End calibration: observers are dropped, parameters become buffers."""
+    for q in quantizers(model):
+        q.freeze()
+        q.enabled = True
+
+
+def quantize_model(model: nn.Module,
+                   quant_cfg: Optional[dict],
+                   calib_data: Iterable) -> Tuple[nn.Module, QuantSummary]:
+    """Quantize ``model`` in place and return it with a per-layer summary.
+
+    Args:
+        model: an OpenMMLab model (batches go through ``test_step``) or a
+            plain ``nn.Module`` (batches are its inputs).
+        quant_cfg: see ``mmptq.apis.config.DEFAULT_QUANT_CFG``; every key
+            left out takes its default, e.g. ``dict(w_bits=4, a_bits=4)``.
+        calib_data: calibration batches (a DataLoader, list, ...).
+    """
+    cfg = resolve_quant_cfg(quant_cfg)
+    batches = calib_data if hasattr(calib_data, '__len__') else list(calib_data)
+    if len(batches) == 0:
+        raise ValueError('calibration data is empty: quantize_model needs at '
+                         'least one batch (quant_cfg.calib.num_samples > 0)')
+    transforms = [
+        build_checked(MODEL_TRANSFORMS, t, f'transforms[{i}]')
+        for i, t in enumerate(cfg['transforms'])
+    ]
+    hooks = [] if cfg['reconstruction'] is None else [
+        build_checked(HOOKS, cfg['reconstruction'], 'reconstruction')
+    ]
+    if hooks:
+        raise NotImplementedError(
+            'quant_cfg.reconstruction needs the calibration loop of '
+            'mmptq.engine; quantize_model runs calibration only')
+    model.eval()
+    run = run_batch(model)
+    for transform in transforms:
+        transform(model)
+    first = next(iter(batches))
+    summary = prepare(model, cfg, first, run)
+    print_log(f'mmptq: calibrating {len(quantizers(model))} quantizers on '
+              f'{len(batches)} batches ({cfg["calib"]["mode"]})',
+              logger='current')
+    calibrate(model, batches, run, cfg['calib']['mode'])
+    freeze(model)
+    return model, summary

@@ -1,0 +1,65 @@
+"""Per-layer summary of a quantized model."""
+from typing import Dict, List, Optional
+
+from torch import nn
+
+
+class QuantSummary(list):
+    """Rows dict(name, kind, status, w_bits, a_bits, granularity, observer,
+    quantizer, reason); ``str()`` is a table."""
+
+    def add(self,
+            name: str,
+            kind: str,
+            weight: Optional[nn.Module] = None,
+            act: Optional[nn.Module] = None,
+            reason: str = '') -> None:
+        quantized = weight is not None or act is not None
+        self.append(
+            dict(
+                name=name,
+                kind=kind,
+                status='quantized' if quantized else 'fp',
+                w_bits=getattr(weight, 'bits', None),
+                a_bits=getattr(act, 'bits', None),
+                weight=weight.describe() if weight is not None else None,
+                act=act.describe() if act is not None else None,
+                reason=reason))
+
+    def add_attention(self, name: str, role: str,
+                      operands: Dict[str, nn.Module]) -> None:
+        bits = sorted({q.bits for q in operands.values()})
+        self.append(
+            dict(
+                name=name,
+                kind=role,
+                status='quantized' if operands else 'fp',
+                w_bits=None,
+                a_bits=bits[0] if len(bits) == 1 else bits or None,
+                operands={k: q.describe() for k, q in operands.items()},
+                reason='' if operands else 'no quantizer configured'))
+
+    def counts(self) -> Dict[str, Dict[str, int]]:
+        """{kind: {status: count}}."""
+        out: Dict[str, Dict[str, int]] = {}
+        for row in self:
+            kind = out.setdefault(row['kind'], {})
+            kind[row['status']] = kind.get(row['status'], 0) + 1
+        return out
+
+    def fp_rows(self) -> List[dict]:
+        return [r for r in self if r['status'] == 'fp']
+
+    def __str__(self) -> str:
+        lines = [f'{"layer":60s} {"kind":16s} {"status":9s} W  A  detail']
+        for r in self:
+            detail = r['reason']
+            if not detail and r.get('act'):
+                detail = f"{r['act']['quantizer']}/{r['act']['observer']}"
+            if not detail and r.get('operands'):
+                detail = ', '.join(f"{k}:{v['quantizer']}"
+                                   for k, v in r['operands'].items())
+            lines.append(f"{r['name'][:60]:60s} {r['kind']:16s} "
+                         f"{r['status']:9s} {r['w_bits'] or '-':<2} "
+                         f"{r['a_bits'] or '-':<2} {detail}")
+        return '\n'.join(lines)

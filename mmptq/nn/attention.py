@@ -1,0 +1,207 @@
+"""Attention capture: quantize Q·Kᵀ, the softmax output and attn·V inside
+any attention implementation, without a per-model forward.
+
+Discovery runs one FP forward under a ``TorchFunctionMode`` that records,
+for the innermost module running, every matmul / softmax /
+``scaled_dot_product_attention`` call. A module is an *attention host* when
+it calls SDPA, or calls a matmul with output shape S, then a softmax over a
+tensor of shape S, then a matmul whose left operand has shape S. Each host
+gets an ``AttentionQuantizer`` that, while the host runs, intercepts those
+calls in order (call k → site k) and routes them to quantized sites.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .modules import QuantMatMul, QuantSDPA, QuantSoftmax
+
+MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
+           torch.bmm, torch.Tensor.bmm}
+SOFTMAXES = {F.softmax, torch.softmax, torch.Tensor.softmax}
+SDPAS = {F.scaled_dot_product_attention}
+#: modules that only apply a softmax: their call belongs to the parent
+TRANSPARENT = (nn.Softmax, nn.Softmax2d, nn.Dropout)
+
+
+def _kind(func: Callable) -> Optional[str]:
+    if func in MATMULS:
+        return 'matmul'
+    if func in SOFTMAXES:
+        return 'softmax'
+    if func in SDPAS:
+        return 'sdpa'
+    return None
+
+
+@dataclass
+class Call:
+    kind: str
+    shapes: Tuple[Tuple[int, ...], ...]  # operand shapes
+    out_shape: Tuple[int, ...]
+
+
+@dataclass
+class HostRecord:
+    """The calls one module made in its first forward."""
+    calls: List[Call] = field(default_factory=list)
+    done: bool = False
+
+
+class _RecordMode(TorchFunctionMode):
+
+    def __init__(self, stack: List[nn.Module],
+                 records: Dict[nn.Module, HostRecord]) -> None:
+        super().__init__()
+        self.stack, self.records = stack, records
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        kind = _kind(func)
+        owner = next((m for m in reversed(self.stack)
+                      if not isinstance(m, TRANSPARENT)), None)
+        if kind is None or owner is None:
+            return out
+        record = self.records.setdefault(owner, HostRecord())
+        if not record.done:
+            shapes = tuple(
+                tuple(a.shape) for a in args if isinstance(a, Tensor))
+            record.calls.append(Call(kind, shapes, tuple(out.shape)))
+        return out
+
+
+def record_calls(model: nn.Module, run: Callable[[], object]
+                 ) -> Dict[str, List[Call]]:
+    """Run ``run()`` once and return, per module name, the matmul / softmax
+    / SDPA calls made directly by that module in its first forward."""
+    stack: List[nn.Module] = []
+    records: Dict[nn.Module, HostRecord] = {}
+    names = {m: n for n, m in model.named_modules()}
+
+    def pre(mod, args):
+        stack.append(mod)
+
+    def post(mod, args, out):
+        stack.pop()
+        if mod in records:
+            records[mod].done = True
+
+    handles = [
+        nn.modules.module.register_module_forward_pre_hook(pre),
+        nn.modules.module.register_module_forward_hook(post, always_call=True)
+    ]
+    try:
+        with torch.no_grad(), _RecordMode(stack, records):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return {names[m]: r.calls for m, r in records.items() if m in names}
+
+
+def attention_sites(calls: List[Call]) -> Optional[List[Optional[str]]]:
+    """Role of each call of a host ('qk', 'softmax', 'av', 'sdpa' or None
+    for a call that is not part of an attention pattern), or None when the
+    calls hold no attention pattern."""
+    roles: List[Optional[str]] = [None] * len(calls)
+    found = False
+    for i, call in enumerate(calls):
+        if call.kind == 'sdpa':
+            roles[i], found = 'sdpa', True
+            continue
+        if call.kind != 'softmax':
+            continue
+        shape = call.shapes[0] if call.shapes else call.out_shape
+        qk = next((j for j in range(i - 1, -1, -1)
+                   if calls[j].kind == 'matmul' and roles[j] is None
+                   and calls[j].out_shape == shape), None)
+        av = next((j for j in range(i + 1, len(calls))
+                   if calls[j].kind == 'matmul' and roles[j] is None
+                   and calls[j].shapes and calls[j].shapes[0] == shape), None)
+        if qk is None or av is None:
+            continue
+        roles[qk], roles[i], roles[av] = 'qk', 'softmax', 'av'
+        found = True
+    return roles if found else None
+
+
+class _CaptureMode(TorchFunctionMode):
+
+    def __init__(self, owner: 'AttentionQuantizer') -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = _kind(func)
+        if kind is None:
+            return func(*args, **kwargs)
+        return self.owner.dispatch(kind, func, args, kwargs)
+
+
+class AttentionQuantizer(nn.Module):
+    """Quantized call sites of one attention host, in call order.
+
+    ``sites[k]`` serves the k-th matmul / softmax / SDPA call of the host's
+    forward; a call outside the attention pattern has an FP site (None).
+    """
+
+    def __init__(self, host_name: str, kinds: List[str],
+                 sites: List[Optional[nn.Module]]) -> None:
+        super().__init__()
+        self.host_name = host_name
+        self.kinds = list(kinds)
+        self.sites = nn.ModuleList(
+            [s if s is not None else nn.Identity() for s in sites])
+        self.active = [s is not None for s in sites]
+        self._index = 0
+        self._mode: Optional[_CaptureMode] = None
+
+    def dispatch(self, kind: str, func: Callable, args, kwargs):
+        k = self._index
+        self._index += 1
+        if k >= len(self.kinds) or self.kinds[k] != kind:
+            expected = self.kinds[k] if k < len(self.kinds) else 'nothing'
+            raise RuntimeError(
+                f'attention capture of {self.host_name!r}: call #{k} is a '
+                f'{kind}, but the discovery pass saw {expected}; its forward '
+                f'changes with the input. Keep it in FP with '
+                f"overrides=[dict(name=r'{self.host_name}', skip=True)] or "
+                f'add an adapter in mmptq/nn/adapters.py')
+        if not self.active[k]:
+            return func(*args, **kwargs)
+        return self.sites[k](func, *args, **kwargs)
+
+    def enter(self, module: nn.Module, args) -> None:
+        self._index = 0
+        self._mode = _CaptureMode(self)
+        self._mode.__enter__()
+
+    def exit(self, module: nn.Module, args, output) -> None:
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(None, None, None)
+
+    def attach_to(self, host: nn.Module) -> None:
+        host.add_module('attn_quantizer', self)
+        host.register_forward_pre_hook(self.enter)
+        host.register_forward_hook(self.exit, always_call=True)
+
+
+def build_site(role: str, make: Callable[[str], Optional[nn.Module]]
+               ) -> nn.Module:
+    """Quantized site for a role; ``make(operand)`` builds the quantizer of
+    an operand ('q', 'k', 'softmax', 'v') or returns None to keep it FP.
+    In attn·V the left operand is the softmax output, quantized already."""
+    if role == 'qk':
+        return QuantMatMul(make('q'), make('k'))
+    if role == 'softmax':
+        return QuantSoftmax(make('softmax'))
+    if role == 'av':
+        return QuantMatMul(None, make('v'))
+    return QuantSDPA(
+        build_site('qk', make), build_site('softmax', make),
+        build_site('av', make))

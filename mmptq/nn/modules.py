@@ -1,0 +1,184 @@
+"""Quantized ops. Weighted ops keep the original Parameters (so
+``layer.weight`` and state-dict names are unchanged) and add an input and a
+weight quantizer; attention ops quantize the operands of one call."""
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _maybe(quantizer: Optional[nn.Module], x: Tensor) -> Tensor:
+    return x if quantizer is None else quantizer(x)
+
+
+class QuantWeightMixin:
+    """y = op(Q_a(x), Q_w(W)): the wrapped op with a quantized input and a
+    quantized weight. Either quantizer may be None (kept in FP)."""
+
+    kind = 'weighted'
+    weight_ch_axis = 0
+
+    def attach(self, weight_quantizer: Optional[nn.Module],
+               input_quantizer: Optional[nn.Module]) -> None:
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
+
+    def quant_weight(self) -> Tensor:
+        return _maybe(self.weight_quantizer, self.weight)
+
+    def calibrate_weight(self) -> None:
+        """Set the weight quantizer's parameters from the current weight
+        (weights need no data; call again after a transform changes W)."""
+        q = self.weight_quantizer
+        if q is None:
+            return
+        observing, q.observing = q.observing, True
+        q.observer.reset()
+        with torch.no_grad():
+            q(self.weight)
+        q.observing = observing
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(_maybe(self.input_quantizer, x), self.quant_weight())
+
+
+class QuantLinear(QuantWeightMixin, nn.Linear):
+    kind = 'linear'
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear) -> 'QuantLinear':
+        new = cls(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                  device='meta')
+        new.weight, new.bias = mod.weight, mod.bias
+        return new
+
+    def op(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.linear(x, w, self.bias)
+
+
+class _QuantConvNd(QuantWeightMixin):
+
+    @classmethod
+    def from_float(cls, mod: nn.Module) -> nn.Module:
+        new = cls(mod.in_channels, mod.out_channels, mod.kernel_size,
+                  stride=mod.stride, padding=mod.padding,
+                  dilation=mod.dilation, groups=mod.groups,
+                  bias=mod.bias is not None, padding_mode=mod.padding_mode,
+                  device='meta')
+        new.weight, new.bias = mod.weight, mod.bias
+        return new
+
+    def op(self, x: Tensor, w: Tensor) -> Tensor:
+        return self._conv_forward(x, w, self.bias)
+
+
+class QuantConv1d(_QuantConvNd, nn.Conv1d):
+    kind = 'conv1d'
+
+
+class QuantConv2d(_QuantConvNd, nn.Conv2d):
+    kind = 'conv2d'
+
+
+class QuantConv3d(_QuantConvNd, nn.Conv3d):
+    kind = 'conv3d'
+
+
+class QuantConvTranspose2d(QuantWeightMixin, nn.ConvTranspose2d):
+    kind = 'conv_transpose2d'
+    weight_ch_axis = 1  # weight is (in, out / groups, kh, kw)
+
+    @classmethod
+    def from_float(cls, mod: nn.ConvTranspose2d) -> 'QuantConvTranspose2d':
+        new = cls(mod.in_channels, mod.out_channels, mod.kernel_size,
+                  stride=mod.stride, padding=mod.padding,
+                  output_padding=mod.output_padding, groups=mod.groups,
+                  bias=mod.bias is not None, dilation=mod.dilation,
+                  padding_mode=mod.padding_mode, device='meta')
+        new.weight, new.bias = mod.weight, mod.bias
+        return new
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:
+        output_padding = self._output_padding(x, output_size, self.stride,
+                                              self.padding, self.kernel_size,
+                                              2, self.dilation)
+        return F.conv_transpose2d(
+            _maybe(self.input_quantizer, x), self.quant_weight(), self.bias,
+            self.stride, self.padding, output_padding, self.groups,
+            self.dilation)
+
+
+class QuantMatMul(nn.Module):
+    """out = f(Q_a(a), Q_b(b)) for one matmul call site (f = the function
+    the model called: matmul, bmm, ...)."""
+
+    kind = 'matmul'
+
+    def __init__(self, quantizer_a: Optional[nn.Module],
+                 quantizer_b: Optional[nn.Module]) -> None:
+        super().__init__()
+        self.quantizer_a = quantizer_a
+        self.quantizer_b = quantizer_b
+
+    def forward(self, func: Callable, a: Tensor, b: Tensor, *args,
+                **kwargs) -> Tensor:
+        return func(_maybe(self.quantizer_a, a), _maybe(self.quantizer_b, b),
+                    *args, **kwargs)
+
+
+class QuantSoftmax(nn.Module):
+    """p̂ = Q(softmax(x)): the post-Softmax activation quantizer."""
+
+    kind = 'softmax'
+
+    def __init__(self, quantizer: Optional[nn.Module]) -> None:
+        super().__init__()
+        self.quantizer = quantizer
+
+    def forward(self, func: Callable, *args, **kwargs) -> Tensor:
+        return _maybe(self.quantizer, func(*args, **kwargs))
+
+
+class QuantSDPA(nn.Module):
+    """``F.scaled_dot_product_attention`` computed explicitly with quantized
+    operands: Q̂(softmax(Q_q(q)·Q_k(k)ᵀ·scale + mask)) · Q_v(v)."""
+
+    kind = 'sdpa'
+
+    def __init__(self, qk: QuantMatMul, softmax: QuantSoftmax,
+                 av: QuantMatMul) -> None:
+        super().__init__()
+        self.qk, self.softmax, self.av = qk, softmax, av
+
+    def forward(self,
+                func: Callable,
+                query: Tensor,
+                key: Tensor,
+                value: Tensor,
+                attn_mask: Optional[Tensor] = None,
+                dropout_p: float = 0.0,
+                is_causal: bool = False,
+                scale: Optional[float] = None,
+                enable_gqa: bool = False) -> Tensor:
+        L, S = query.shape[-2], key.shape[-2]
+        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            rep = query.shape[-3] // key.shape[-3]
+            key = key.repeat_interleave(rep, dim=-3)
+            value = value.repeat_interleave(rep, dim=-3)
+        attn = self.qk(torch.matmul, query, key.transpose(-2, -1)) * scale
+        if is_causal:
+            causal = torch.ones(L, S, dtype=torch.bool,
+                                device=query.device).tril()
+            attn = attn.masked_fill(~causal, float('-inf'))
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn = attn.masked_fill(~attn_mask, float('-inf'))
+            else:
+                attn = attn + attn_mask
+        attn = self.softmax(torch.softmax, attn, dim=-1)
+        if dropout_p > 0.0:
+            attn = F.dropout(attn, dropout_p, training=True)
+        return self.av(torch.matmul, attn, value)

@@ -1,0 +1,104 @@
+"""Search observers: pick, per row, the candidate clip range whose fake
+quantization has the lowest L_p error; ranges of several batches are
+averaged (for one batch this is exactly the per-batch search)."""
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from mmptq.registry import OBSERVERS
+from .base import CHUNK, BaseObserver, quantile_rows
+
+
+def lp_error(rows: Tensor, lo: Tensor, hi: Tensor, quantizer: nn.Module,
+             p: float) -> Tensor:
+    """mean over each row of |x − x̂|^p, x̂ quantized with (lo, hi);
+    accumulated in float64 over column chunks."""
+    total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+    for chunk in rows.split(CHUNK, dim=1):
+        err = (chunk - quantizer.fake_quant_range(chunk, lo, hi)).abs()
+        total += err.pow(p).sum(dim=1, dtype=torch.float64)
+    return total / rows.shape[1]
+
+
+class SearchObserver(BaseObserver):
+    """Base of the L_p search observers; subclasses list the candidates."""
+
+    def __init__(self, p: float = 2.0) -> None:
+        super().__init__()
+        if p <= 0:
+            raise ValueError(f'p={p} must be positive')
+        self.p = p
+
+    def candidates(self, rows: Tensor) -> List[Tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def batch_range(self, rows: Tensor,
+                    quantizer: nn.Module) -> Tuple[Tensor, Tensor]:
+        best_lo = best_hi = best_err = None
+        for lo, hi in self.candidates(rows):
+            err = lp_error(rows, lo, hi, quantizer, self.p)
+            if best_err is None:
+                best_lo, best_hi, best_err = lo, hi, err
+                continue
+            better = err < best_err
+            best_lo = torch.where(better, lo, best_lo)
+            best_hi = torch.where(better, hi, best_hi)
+            best_err = torch.where(better, err, best_err)
+        return best_lo, best_hi
+
+
+@OBSERVERS.register_module()
+class MSEObserver(SearchObserver):
+    """Shrink search (QDrop's MSE observer): candidates
+    [α_i·min, α_i·max], α_i = 1 − ``step``·i, i = 0..``num_candidates``−1,
+    scored by mean |x − x̂|^p with p = 2.4 by default."""
+
+    def __init__(self,
+                 p: float = 2.4,
+                 num_candidates: int = 100,
+                 step: float = 0.01) -> None:
+        super().__init__(p)
+        if num_candidates < 1 or step <= 0 or step * (num_candidates - 1) >= 1:
+            raise ValueError(
+                f'{type(self).__name__}: need num_candidates >= 1 and '
+                f'0 < step·(num_candidates−1) < 1, got num_candidates='
+                f'{num_candidates}, step={step}')
+        self.num_candidates = num_candidates
+        self.step = step
+
+    def candidates(self, rows: Tensor) -> List[Tuple[Tensor, Tensor]]:
+        lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+        return [(lo * (1 - self.step * i), hi * (1 - self.step * i))
+                for i in range(self.num_candidates)]
+
+
+@OBSERVERS.register_module()
+class OMSEObserver(MSEObserver):
+    """FQ-ViT's OMSE: shrink [min, max] by (1 − 0.01·i), i = 0..89, and keep
+    the candidate with the lowest L2 error (p = 2)."""
+
+    def __init__(self,
+                 p: float = 2.0,
+                 num_candidates: int = 90,
+                 step: float = 0.01) -> None:
+        super().__init__(p=p, num_candidates=num_candidates, step=step)
+
+
+@OBSERVERS.register_module()
+class PercentileSearchObserver(SearchObserver):
+    """RepQ-ViT's search: candidates (quantile(x, 1−c), quantile(x, c)) for
+    c in ``percentiles`` (0.999, 0.9999, 0.99999), kept by L2 error."""
+
+    def __init__(self,
+                 percentiles: Sequence[float] = (0.999, 0.9999, 0.99999),
+                 p: float = 2.0) -> None:
+        super().__init__(p)
+        if not percentiles or not all(0.5 < c <= 1.0 for c in percentiles):
+            raise ValueError(f'percentiles={percentiles} must be a non-empty '
+                             f'list of values in (0.5, 1]')
+        self.percentiles = tuple(percentiles)
+
+    def candidates(self, rows: Tensor) -> List[Tuple[Tensor, Tensor]]:
+        return [(quantile_rows(rows, 1.0 - c), quantile_rows(rows, c))
+                for c in self.percentiles]

@@ -1,0 +1,59 @@
+"""Logarithmic quantizers for post-Softmax activations."""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from mmptq.registry import QUANTIZERS
+from .base import BaseQuantizer, log_levels, round_ste
+
+
+class LogQuantizer(BaseQuantizer):
+    """Log quantizer with base 2^(1/τ) for non-negative inputs x ≤ s.
+
+    q = clamp(round(−τ·log2(x / s)), 0, 2^b − 1),   x̂ = s · 2^(−q/τ),
+    and x̂ = 0 where round(−τ·log2(x / s)) ≥ 2^b (below the smallest level).
+    The scale is the top of the clip range: s = hi. Subclasses fix τ.
+    """
+
+    root = 1
+
+    def qparams_from_range(self, lo: Tensor,
+                           hi: Tensor) -> Tuple[Tensor, Tensor]:
+        scale = hi.clamp(min=torch.finfo(torch.float32).tiny)
+        return scale, torch.zeros_like(scale)
+
+    def fake_quant(self, x: Tensor, scale: Tensor,
+                   zero_point: Tensor) -> Tensor:
+        levels = 2**self.bits
+        ratio = (x / scale).clamp(min=1e-30)
+        q = round_ste(-self.root * torch.log2(ratio))
+        keep = (q < levels).to(x.dtype)
+        q = q.clamp(0, levels - 1)
+        # exact levels from a table; the straight-through path for learning
+        table = log_levels(self.bits, self.root).to(x)
+        exact = table[q.detach().long()]
+        value = exact + (torch.pow(2.0, -q / self.root) -
+                         torch.pow(2.0, -q / self.root).detach())
+        return scale * value * keep
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f', base=2^(1/{self.root})'
+
+
+@QUANTIZERS.register_module()
+class Log2Quantizer(LogQuantizer):
+    """Log2 quantizer (τ = 1): x̂ = s · 2^(−q), q = clamp(round(−log2(x/s)),
+    0, 2^b−1), zero below the range (Miyashita et al. 2016; FQ-ViT's LIS)."""
+
+    root = 1
+
+
+@QUANTIZERS.register_module()
+class LogSqrt2Quantizer(LogQuantizer):
+    """Log√2 quantizer of RepQ-ViT (Li et al. 2023, Eq. 10-11), τ = 2:
+    q = clamp(round(−2·log2(x/s)), 0, 2^b−1),
+    x̂ = s · 2^(−⌈q/2⌉) · (1 + (√2−1)·(q mod 2)) = s · 2^(−q/2);
+    zero below the range."""
+
+    root = 2

@@ -1,0 +1,57 @@
+"""Registries of mmptq (scope ``mmptq``).
+
+``OBSERVERS``, ``QUANTIZERS`` and ``MODEL_TRANSFORMS`` are mmptq's own
+concepts; ``MODELS``, ``HOOKS`` and ``LOOPS`` are children of mmengine's
+registries, so ``dict(type='mmptq.QuantTestLoop')`` resolves from any
+OpenMMLab config that imports mmptq.
+"""
+import difflib
+from typing import Any, Optional
+
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import LOOPS as MMENGINE_LOOPS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import Registry
+
+OBSERVERS = Registry('observer', scope='mmptq', locations=['mmptq.observers'])
+QUANTIZERS = Registry(
+    'quantizer', scope='mmptq', locations=['mmptq.quantizers'])
+MODEL_TRANSFORMS = Registry(
+    'model transform', scope='mmptq', locations=['mmptq.transforms'])
+MODELS = Registry(
+    'model', parent=MMENGINE_MODELS, scope='mmptq', locations=['mmptq.models'])
+HOOKS = Registry(
+    'hook',
+    parent=MMENGINE_HOOKS,
+    scope='mmptq',
+    locations=['mmptq.engine', 'mmptq.reconstruction'])
+LOOPS = Registry(
+    'loop', parent=MMENGINE_LOOPS, scope='mmptq', locations=['mmptq.engine'])
+
+
+def nearest_names(name: str, choices, n: int = 3) -> str:
+    """Comma-separated names in ``choices`` closest to ``name``."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.4)
+    return ', '.join(close or choices[:8])
+
+
+def build_checked(registry: Registry,
+                  cfg: dict,
+                  key: str,
+                  default_args: Optional[dict] = None) -> Any:
+    """Build ``cfg`` from ``registry``; an unknown ``type`` is a ValueError
+    that names the config key and the nearest registered names."""
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        raise ValueError(f'quant_cfg.{key} must be a dict with a "type" key, '
+                         f'got {cfg!r}')
+    type_name = cfg['type']
+    if isinstance(type_name, str):
+        bare = type_name.split('.')[-1]
+        if registry.get(bare) is None:
+            raise ValueError(
+                f'quant_cfg.{key}: unknown {registry.name} type '
+                f'{type_name!r}; did you mean: '
+                f'{nearest_names(bare, registry.module_dict)}?')
+        cfg = dict(cfg, type=bare)
+    return registry.build(cfg, default_args=default_args)
