@@ -1,8 +1,8 @@
 from .config import DEFAULT_QUANT_CFG, resolve_quant_cfg
-from .quantize import calibrate, freeze, prepare, quantize_model
+from .quantize import calibrate, discover, freeze, prepare, quantize_model
 from .summary import QuantSummary
 
 __all__ = [
-    'quantize_model', 'prepare', 'calibrate', 'freeze', 'resolve_quant_cfg',
+    'quantize_model', 'discover', 'prepare', 'calibrate', 'freeze', 'resolve_quant_cfg',
     'DEFAULT_QUANT_CFG', 'QuantSummary'
 ]

@@ -76,15 +76,21 @@ def quantizers(model: nn.Module) -> List[BaseQuantizer]:
     return [m for m in model.modules() if isinstance(m, BaseQuantizer)]
 
 
-def prepare(model: nn.Module, cfg: dict, first_batch,
-            run: Callable) -> QuantSummary:
-    """Adapters, attention discovery on one FP batch, then wrap every
-    quantizable op according to ``cfg``. Returns the per-layer summary."""
-    summary = QuantSummary()
-    rules = LayerRules(cfg)
+def discover(model: nn.Module, batch, run: Callable) -> Dict[str, list]:
+    """Apply the adapters, then record the matmul / softmax / SDPA calls of
+    every module on one FP forward of ``batch`` (see ``prepare``)."""
     for name, adapter in apply_adapters(model).items():
         print_log(f'mmptq: {name} → {adapter}', logger='current')
-    calls = record_calls(model, lambda: run(first_batch))
+    return record_calls(model, lambda: run(batch))
+
+
+def prepare(model: nn.Module, cfg: dict,
+            calls: Dict[str, list]) -> QuantSummary:
+    """Wrap every quantizable op according to the resolved ``cfg`` and the
+    recorded attention ``calls`` (from ``discover``, or saved with a
+    quantized checkpoint). Returns the per-layer summary."""
+    summary = QuantSummary()
+    rules = LayerRules(cfg)
 
     for name, mod in list(model.named_modules()):
         weight = getattr(mod, 'weight', None)
@@ -221,8 +227,8 @@ def quantize_model(model: nn.Module,
     run = run_batch(model)
     for transform in transforms:
         transform(model)
-    first = next(iter(batches))
-    summary = prepare(model, cfg, first, run)
+    calls = discover(model, next(iter(batches)), run)
+    summary = prepare(model, cfg, calls)
     print_log(f'mmptq: calibrating {len(quantizers(model))} quantizers on '
               f'{len(batches)} batches ({cfg["calib"]["mode"]})',
               logger='current')

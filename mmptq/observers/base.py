@@ -98,6 +98,13 @@ class BaseObserver(nn.Module):
             self.lo = self.lo + (lo - self.lo) / (n + 1)
             self.hi = self.hi + (hi - self.hi) / (n + 1)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # lo / hi have one entry per row, known only after data was seen
+        for key in ('lo', 'hi'):
+            if prefix + key in state_dict:
+                setattr(self, key, torch.empty_like(state_dict[prefix + key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def range(self) -> Tuple[Tensor, Tensor]:
         if self.num_batches == 0:
             raise RuntimeError(f'{type(self).__name__} has seen no data')

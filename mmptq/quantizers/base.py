@@ -32,7 +32,8 @@ def round_ste(x: Tensor) -> Tensor:
     """round(x) in the forward pass, identity gradient (straight-through)."""
     if not x.requires_grad:
         return x.round()
-    return (x.round() - x).detach() + x
+    # round(±inf) − ±inf is NaN: count it as 0 so that round_ste(±inf) = ±inf
+    return (x.round() - x).detach().nan_to_num(0.0) + x
 
 
 def grad_scale(x: Tensor, scale: float) -> Tensor:
@@ -181,6 +182,11 @@ class BaseQuantizer(nn.Module):
         for key in ('scale', 'zero_point'):
             if prefix + key in state_dict:
                 setattr(self, key, torch.empty_like(state_dict[prefix + key]))
+        # a frozen checkpoint (parameters, no observer state) loads frozen
+        if (self.observer is not None and prefix + 'scale' in state_dict
+                and prefix + 'observer.num_batches' not in state_dict):
+            self.observing = False
+            self.observer = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:

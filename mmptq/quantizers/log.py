@@ -26,9 +26,11 @@ class LogQuantizer(BaseQuantizer):
     def fake_quant(self, x: Tensor, scale: Tensor,
                    zero_point: Tensor) -> Tensor:
         levels = 2**self.bits
-        ratio = (x / scale).clamp(min=1e-30)
-        q = round_ste(-self.root * torch.log2(ratio))
-        keep = (q < levels).to(x.dtype)
+        ratio = x / scale
+        tiny = torch.finfo(ratio.dtype).tiny  # exact for all normal ratios
+        q = round_ste(-self.root * torch.log2(ratio.clamp(min=tiny)))
+        # x ≤ 0 is below every level (−log2 → +inf), also for large b
+        keep = ((q < levels) & (ratio > 0)).to(x.dtype)
         q = q.clamp(0, levels - 1)
         # exact levels from a table; the straight-through path for learning
         table = log_levels(self.bits, self.root).to(x)

@@ -1,0 +1,112 @@
+"""Data-free analysis of a config: build the model with random weights,
+feed image-like synthetic batches, and measure how far the quantized model
+is from FP (SQNR of the logits or, for detectors, the neck features)."""
+import copy
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from torch import Tensor, nn
+
+from .quantize import quantize_model
+from .summary import QuantSummary
+
+SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+
+
+def image_like(num: int, size: Tuple[int, int], seed: int = 0) -> List[Tensor]:
+    """uint8 (3, H, W) images with natural-image statistics: smooth colour
+    fields, a few sharp edges and mild pixel noise (deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    imgs = []
+    for _ in range(num):
+        coarse = torch.rand(1, 3, max(h // 16, 2), max(w // 16, 2), generator=g)
+        img = F.interpolate(coarse, size=(h, w), mode='bilinear',
+                            align_corners=False)[0]
+        for _ in range(3):  # rectangles: edges at random places
+            y0, x0 = (torch.randint(0, s - 1, (1, ), generator=g).item()
+                      for s in (h, w))
+            y1 = y0 + torch.randint(1, h - y0, (1, ), generator=g).item()
+            x1 = x0 + torch.randint(1, w - x0, (1, ), generator=g).item()
+            img[:, y0:y1, x0:x1] = torch.rand(3, 1, 1, generator=g)
+        img = img + 0.03 * torch.randn(3, h, w, generator=g)
+        imgs.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
+    return imgs
+
+
+def build_random_model(config: str, cfg_options: Optional[dict] = None
+                       ) -> Tuple[nn.Module, str]:
+    """(model with random weights, scope) from a config file; pretrained
+    ``init_cfg`` is dropped so that nothing is downloaded."""
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ValueError(f'{config}: default_scope={scope!r}; mmptq analyses '
+                         f'{SCOPES} configs')
+    init_default_scope(scope)
+    _drop_pretrained(cfg.model)
+    from mmengine.registry import MODELS
+    return MODELS.build(cfg.model).eval(), scope
+
+
+def _drop_pretrained(node) -> None:
+    if isinstance(node, dict):
+        for key in list(node):
+            if key == 'init_cfg' or key == 'pretrained':
+                node[key] = None
+            else:
+                _drop_pretrained(node[key])
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _drop_pretrained(item)
+
+
+def synthetic_batch(scope: str, num: int, size: Tuple[int, int],
+                    seed: int = 0) -> dict:
+    """A dataloader-style batch (``inputs`` + ``data_samples``) of
+    image-like pictures for an mmdet / mmseg / mmpretrain model."""
+    meta = dict(img_shape=tuple(size), ori_shape=tuple(size),
+                pad_shape=tuple(size), scale_factor=(1.0, 1.0))
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample as Sample
+    elif scope == 'mmseg':
+        from mmseg.structures import SegDataSample as Sample
+    else:
+        from mmpretrain.structures import DataSample as Sample
+    samples = [Sample(metainfo=dict(meta, img_id=i)) for i in range(num)]
+    return dict(inputs=image_like(num, size, seed), data_samples=samples)
+
+
+def tensor_outputs(model: nn.Module, scope: str, batch: dict) -> List[Tensor]:
+    """The tensors compared with FP: logits (mmpretrain, mmseg) or the
+    backbone + neck features (mmdet)."""
+    with torch.no_grad():
+        data = model.data_preprocessor(copy.copy(batch), False)
+        if scope == 'mmdet':
+            return list(model.extract_feat(data['inputs']))
+        out = model(data['inputs'], data['data_samples'], mode='tensor')
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def sqnr_db(ref: Sequence[Tensor], out: Sequence[Tensor]) -> float:
+    """10·log10(Σ ref² / Σ (ref − out)²) over all tensors."""
+    signal = sum(float(r.double().pow(2).sum()) for r in ref)
+    noise = sum(float((r.double() - o.double()).pow(2).sum())
+                for r, o in zip(ref, out))
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+def quantization_sqnr(model: nn.Module, scope: str, quant_cfg: dict,
+                      calib: List[dict], test: dict
+                      ) -> Tuple[float, QuantSummary]:
+    """SQNR (dB) of ``model`` quantized with ``quant_cfg`` on ``calib``
+    against the FP model, measured on the batch ``test``."""
+    ref = tensor_outputs(model, scope, test)
+    qmodel, summary = quantize_model(copy.deepcopy(model), quant_cfg, calib)
+    return sqnr_db(ref, tensor_outputs(qmodel, scope, test)), summary
