@@ -1,0 +1,2 @@
+_base_ = ['./_base_generic.py']
+quant_cfg = dict(w_bits=4, a_bits=8)
