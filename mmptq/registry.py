@@ -11,7 +11,7 @@ from typing import Any, Optional
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope, Registry
 
 OBSERVERS = Registry('observer', scope='mmptq', locations=['mmptq.observers'])
 QUANTIZERS = Registry(
@@ -54,4 +54,5 @@ def build_checked(registry: Registry,
                 f'{type_name!r}; did you mean: '
                 f'{nearest_names(bare, registry.module_dict)}?')
         cfg = dict(cfg, type=bare)
-    return registry.build(cfg, default_args=default_args)
+    with DefaultScope.overwrite_default_scope('mmptq'):
+        return registry.build(cfg, default_args=default_args)

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
+from mmengine.hub import get_config
 from mmengine.registry import init_default_scope
 from torch import Tensor, nn
 
@@ -38,11 +39,16 @@ def image_like(num: int, size: Tuple[int, int], seed: int = 0) -> List[Tensor]:
     return imgs
 
 
+def load_config(path: str) -> Config:
+    """A config file, or a packaged one as ``'mmdet::swin/....py'``."""
+    return get_config(path) if '::' in path else Config.fromfile(path)
+
+
 def build_random_model(config: str, cfg_options: Optional[dict] = None
                        ) -> Tuple[nn.Module, str]:
     """(model with random weights, scope) from a config file; pretrained
     ``init_cfg`` is dropped so that nothing is downloaded."""
-    cfg = Config.fromfile(config)
+    cfg = load_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     scope = cfg.get('default_scope')

@@ -12,12 +12,13 @@ from .base import CHUNK, BaseObserver, quantile_rows
 
 def lp_error(rows: Tensor, lo: Tensor, hi: Tensor, quantizer: nn.Module,
              p: float) -> Tensor:
-    """mean over each row of |x − x̂|^p, x̂ quantized with (lo, hi);
-    accumulated in float64 over column chunks."""
+    """mean over each row of |x − x̂|^p, x̂ quantized with (lo, hi):
+    float32 sums per column chunk, accumulated in float64."""
     total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
     for chunk in rows.split(CHUNK, dim=1):
-        err = (chunk - quantizer.fake_quant_range(chunk, lo, hi)).abs()
-        total += err.pow(p).sum(dim=1, dtype=torch.float64)
+        err = quantizer.fake_quant_range(chunk, lo, hi).sub_(chunk).abs_()
+        err = err.square_() if p == 2 else err.pow_(p)
+        total += err.sum(dim=1).double()
     return total / rows.shape[1]
 
 

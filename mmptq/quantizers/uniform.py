@@ -59,6 +59,9 @@ class UniformQuantizer(BaseQuantizer):
         if isinstance(self.scale, nn.Parameter):
             per_step = max(x.numel() // max(scale.numel(), 1), 1)
             scale = grad_scale(scale, (per_step * self.quant_max)**-0.5)
+        if not (x.requires_grad or scale.requires_grad):  # in place: 1 copy
+            return (x / scale).round_().add_(zero_point).clamp_(
+                self.quant_min, self.quant_max).sub_(zero_point).mul_(scale)
         q = torch.clamp(round_ste(x / scale) + zero_point, self.quant_min,
                         self.quant_max)
         return (q - zero_point) * scale

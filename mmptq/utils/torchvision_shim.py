@@ -1,0 +1,179 @@
+"""A stand-in for the few parts of torchvision that mmpretrain 1.2 imports.
+
+mmpretrain 1.2.0 imports torchvision at module level (``models.heads`` via
+``evaluation.metrics.visual_grounding_eval``, ``models.utils.box_utils``,
+``datasets.transforms``), so without torchvision none of its models or
+transforms can be built. PyPI's torchvision does not load beside a CPU
+build of torch ("operator torchvision::nms does not exist") and mmptq needs
+none of its features, so it is not installed.
+
+:func:`install_torchvision_shim` appends a finder to the *end* of
+``sys.meta_path``: where a real torchvision is installed it is always found
+first and the shim never loads. Otherwise ``import torchvision`` gets this
+stand-in, which provides exactly what mmpretrain touches:
+
+- ``torchvision.ops.boxes``: ``box_area``, ``box_iou``,
+  ``generalized_box_iou``, ``_upcast`` (same math as torchvision's);
+- ``torchvision.transforms.functional.pil_to_tensor``;
+- ``torchvision.transforms.InterpolationMode`` and a ``RandomResizedCrop``
+  placeholder (a base class for mmpretrain's MAE crop; building it raises).
+
+Anything else raises an error saying that torchvision is not installed.
+"""
+import enum
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ['install_torchvision_shim', 'TorchvisionShimFinder']
+
+SHIM_VERSION = '0.0.0+mmptq.shim'
+
+
+def _missing(module: str) -> Callable[[str], object]:
+
+    def __getattr__(name: str) -> object:
+        if name.startswith('__'):
+            raise AttributeError(name)
+        raise AttributeError(
+            f'{module}.{name}: torchvision is not installed; mmptq only '
+            'provides a stand-in for what mmpretrain imports '
+            '(mmptq/utils/torchvision_shim.py). Install a torchvision that '
+            'matches your torch to use it.')
+
+    return __getattr__
+
+
+# ----------------------------------------------------------- ops.boxes
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point():
+        return t if t.dtype in (torch.float32, torch.float64) else t.float()
+    return t if t.dtype in (torch.int32, torch.int64) else t.int()
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Area of ``(x1, y1, x2, y2)`` boxes, shape ``(N, )``."""
+    boxes = _upcast(boxes)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _box_inter_union(boxes1: torch.Tensor, boxes2: torch.Tensor):
+    area1, area2 = box_area(boxes1), box_area(boxes2)
+    lt = torch.max(boxes1[:, None, :2], boxes2[:, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[:, 2:])
+    wh = _upcast(rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter, area1[:, None] + area2 - inter
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU, shape ``(N, M)``."""
+    inter, union = _box_inter_union(boxes1, boxes2)
+    return inter / union
+
+
+def generalized_box_iou(boxes1: torch.Tensor,
+                        boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise generalized IoU, shape ``(N, M)``."""
+    inter, union = _box_inter_union(boxes1, boxes2)
+    iou = inter / union
+    lti = torch.min(boxes1[:, None, :2], boxes2[:, :2])
+    rbi = torch.max(boxes1[:, None, 2:], boxes2[:, 2:])
+    whi = _upcast(rbi - lti).clamp(min=0)
+    areai = whi[..., 0] * whi[..., 1]
+    return iou - (areai - union) / areai
+
+
+# ----------------------------------------------------------- transforms
+class InterpolationMode(enum.Enum):
+    """Same members and values as torchvision's."""
+    NEAREST = 'nearest'
+    NEAREST_EXACT = 'nearest-exact'
+    BILINEAR = 'bilinear'
+    BICUBIC = 'bicubic'
+    BOX = 'box'
+    HAMMING = 'hamming'
+    LANCZOS = 'lanczos'
+
+
+class RandomResizedCrop(torch.nn.Module):
+    """Placeholder: building it (or a subclass) raises."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise RuntimeError(
+            f'{type(self).__name__} needs torchvision, which is not '
+            'installed (mmptq provides only a stand-in).')
+
+
+def pil_to_tensor(pic) -> torch.Tensor:
+    """A PIL image as a ``(C, H, W)`` tensor of its own dtype."""
+    img = torch.as_tensor(np.array(pic, copy=True))
+    if img.ndim == 2:
+        img = img[:, :, None]
+    return img.permute(2, 0, 1).contiguous()
+
+
+# ----------------------------------------------------------- the finder
+def _fill(module: types.ModuleType, attrs: Dict[str, object]) -> None:
+    module.__dict__.update(attrs)
+    module.__getattr__ = _missing(module.__name__)  # type: ignore[attr-defined]
+
+
+_MODULES: Dict[str, Dict[str, object]] = {
+    'torchvision': dict(__version__=SHIM_VERSION, __mmptq_shim__=True),
+    'torchvision.ops': dict(box_area=box_area, box_iou=box_iou,
+                            generalized_box_iou=generalized_box_iou),
+    'torchvision.ops.boxes': dict(box_area=box_area, box_iou=box_iou,
+                                  generalized_box_iou=generalized_box_iou,
+                                  _upcast=_upcast,
+                                  _box_inter_union=_box_inter_union),
+    'torchvision.transforms': dict(InterpolationMode=InterpolationMode,
+                                   RandomResizedCrop=RandomResizedCrop),
+    'torchvision.transforms.transforms': dict(
+        InterpolationMode=InterpolationMode,
+        RandomResizedCrop=RandomResizedCrop),
+    'torchvision.transforms.functional': dict(
+        InterpolationMode=InterpolationMode, pil_to_tensor=pil_to_tensor),
+}
+_PACKAGES = ('torchvision', 'torchvision.ops', 'torchvision.transforms')
+
+
+class TorchvisionShimFinder(importlib.abc.MetaPathFinder,
+                            importlib.abc.Loader):
+    """Serves the stand-in modules; sits last on ``sys.meta_path``."""
+
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None,
+                  target: Optional[types.ModuleType] = None
+                  ) -> Optional[importlib.machinery.ModuleSpec]:
+        if fullname not in _MODULES:
+            return None
+        return importlib.util.spec_from_loader(
+            fullname, self, is_package=fullname in _PACKAGES)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        _fill(module, _MODULES[module.__name__])
+
+
+def install_torchvision_shim() -> bool:
+    """Let ``import torchvision`` fall back to the stand-in (idempotent).
+
+    Returns:
+        True if the shim is in place, False if a real torchvision exists
+        (then nothing is changed).
+    """
+    if any(isinstance(f, TorchvisionShimFinder) for f in sys.meta_path):
+        return True
+    loaded = sys.modules.get('torchvision')
+    if loaded is not None or importlib.util.find_spec('torchvision'):
+        return False
+    sys.meta_path.append(TorchvisionShimFinder())
+    return True
