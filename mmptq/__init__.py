@@ -5,6 +5,11 @@ loop in mmptq's registries.
 """
 __version__ = '0.1.0'
 
+from .utils import install_torchvision_shim  # noqa: E402
+
+# mmpretrain imports torchvision; a no-op where a real one is installed
+install_torchvision_shim()
+
 from . import apis, nn, observers, quantizers  # noqa: F401,E402
 from .apis import quantize_model  # noqa: E402
 

@@ -4,4 +4,4 @@ _base_ = ['./_base_generic.py']
 quant_cfg = dict(
     w_bits=8,
     a_bits=8,
-    weight=dict(observer=dict(type='MinMaxObserver')))
+    weight=dict(observer=dict(_delete_=True, type='MinMaxObserver')))

@@ -84,12 +84,15 @@ def discover(model: nn.Module, batch, run: Callable) -> Dict[str, list]:
     return record_calls(model, lambda: run(batch))
 
 
-def prepare(model: nn.Module, cfg: dict,
-            calls: Dict[str, list]) -> QuantSummary:
+def prepare(model: nn.Module,
+            cfg: dict,
+            calls: Dict[str, list],
+            calibrate_weights: bool = True) -> QuantSummary:
     """Wrap every quantizable op according to the resolved ``cfg`` and the
     recorded attention ``calls`` (from ``discover``, or saved with a
-    quantized checkpoint). Returns the per-layer summary."""
-    summary = QuantSummary()
+    quantized checkpoint, then without ``calibrate_weights``). Returns the
+    per-layer summary, which also keeps ``cfg`` and ``calls``."""
+    summary = QuantSummary(quant_cfg=cfg, calls=calls)
     rules = LayerRules(cfg)
 
     for name, mod in list(model.named_modules()):
@@ -110,7 +113,8 @@ def prepare(model: nn.Module, cfg: dict,
                         ch_axis=wrapper.weight_ch_axis)
         aq = _quantizer(rule['act'], rule['a_bits'], f'{name}.input')
         new.attach(wq, aq)
-        new.calibrate_weight()
+        if calibrate_weights:
+            new.calibrate_weight()
         _replace(model, name, new)
         summary.add(name, wrapper.kind, weight=wq, act=aq)
 
@@ -188,16 +192,19 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
         q.enabled = True
 
 
-def freeze(model: nn.Module) -> None:
+def freeze(model: nn.Module, require_calibrated: bool = True) -> None:
     """End calibration: observers are dropped, parameters become buffers."""
     for q in quantizers(model):
-        q.freeze()
+        q.freeze(require_calibrated)
         q.enabled = True
 
 
-def quantize_model(model: nn.Module,
-                   quant_cfg: Optional[dict],
-                   calib_data: Iterable) -> Tuple[nn.Module, QuantSummary]:
+def quantize_model(
+        model: nn.Module,
+        quant_cfg: Optional[dict],
+        calib_data: Iterable,
+        stage_callback: Optional[Callable[[str], None]] = None
+) -> Tuple[nn.Module, QuantSummary]:
     """Quantize ``model`` in place and return it with a per-layer summary.
 
     Args:
@@ -206,6 +213,10 @@ def quantize_model(model: nn.Module,
         quant_cfg: see ``mmptq.apis.config.DEFAULT_QUANT_CFG``; every key
             left out takes its default, e.g. ``dict(w_bits=4, a_bits=4)``.
         calib_data: calibration batches (a DataLoader, list, ...).
+        stage_callback: called with 'before_calibration' (ops wrapped,
+            weights calibrated) and 'after_calibration' (activation
+            statistics collected, before freezing); the calibration loop
+            passes ``runner.call_hook`` so hooks see the stages.
     """
     cfg = resolve_quant_cfg(quant_cfg)
     batches = calib_data if hasattr(calib_data, '__len__') else list(calib_data)
@@ -229,9 +240,12 @@ def quantize_model(model: nn.Module,
         transform(model)
     calls = discover(model, next(iter(batches)), run)
     summary = prepare(model, cfg, calls)
+    stage = stage_callback or (lambda name: None)
+    stage('before_calibration')
     print_log(f'mmptq: calibrating {len(quantizers(model))} quantizers on '
               f'{len(batches)} batches ({cfg["calib"]["mode"]})',
               logger='current')
     calibrate(model, batches, run, cfg['calib']['mode'])
+    stage('after_calibration')
     freeze(model)
     return model, summary

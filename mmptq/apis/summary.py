@@ -1,12 +1,22 @@
 """Per-layer summary of a quantized model."""
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 from torch import nn
 
 
 class QuantSummary(list):
-    """Rows dict(name, kind, status, w_bits, a_bits, granularity, observer,
-    quantizer, reason); ``str()`` is a table."""
+    """Rows dict(name, kind, status, w_bits, a_bits, weight / act /
+    operands (quantizer descriptions), reason); ``str()`` is a table.
+    ``quant_cfg`` (resolved) and ``calls`` (attention discovery) are what a
+    quantized checkpoint needs to rebuild the same structure."""
+
+    def __init__(self,
+                 rows: Iterable[dict] = (),
+                 quant_cfg: Optional[dict] = None,
+                 calls: Optional[Dict[str, list]] = None) -> None:
+        super().__init__(rows)
+        self.quant_cfg = quant_cfg
+        self.calls = calls or {}
 
     def add(self,
             name: str,

@@ -167,9 +167,11 @@ class BaseQuantizer(nn.Module):
         """Recompute the parameters from the observer's range."""
         self.set_qparams(*self.qparams_from_range(*self.observer.range()))
 
-    def freeze(self) -> None:
-        """End calibration: drop the observer, keep the parameters."""
-        if self.observer is not None and not self.calibrated:
+    def freeze(self, require_calibrated: bool = True) -> None:
+        """End calibration: drop the observer, keep the parameters (a
+        quantizer about to receive a checkpoint need not be calibrated)."""
+        if require_calibrated and self.observer is not None and \
+                not self.calibrated:
             raise RuntimeError(
                 f'{self.name or "quantizer"} saw no data during calibration: '
                 f'the layer was not reached by the calibration forward passes')

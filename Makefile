@@ -1,0 +1,112 @@
+# mmptq: reproducible install, tests, lint.
+#
+#   make install     create .venv and install the pinned stack + mmptq (editable)
+#   make test        install, then run the test suite (pytest -q tests)
+#   make demo        install, then the main job on the embedded default
+#   make lint        ruff check mmptq tools tests
+#
+# Variables (pass on the command line):
+#   VENV=.venv       where the virtual environment goes; `VENV=` installs into
+#                    the current `python3` instead of creating one
+#   PYTHON=/path     install into (and run with) that interpreter, no venv
+#   BOOT_PYTHON=python3  the interpreter that creates the venv (>= 3.9)
+#   TORCH_SPEC=torch==2.13.0   the torch requirement (CPU build by default)
+#   TORCH_PIP_ARGS=  extra pip arguments for torch, e.g. a CUDA index:
+#     make install TORCH_SPEC='torch==2.5.1' \
+#       TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cu121'
+#   MAX_JOBS=N       parallel compile jobs for mmcv's ops (default: all cores)
+#
+# Every step checks what is already there, so a second `make install` only
+# verifies (about 10 s). mmcv 2.1.0 is built from source against the
+# installed torch (no wheel exists for it); the first build takes 15-25 min
+# on 2 cores, later ones reuse pip's wheel cache.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+BOOT_PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+MMENGINE_SPEC := mmengine==0.10.7
+MMCV_VERSION := 2.1.0
+MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+ifeq ($(origin PYTHON),command line)
+  PY := $(PYTHON)
+  VENV_PY :=
+else ifeq ($(strip $(VENV)),)
+  PY := $(BOOT_PYTHON)
+  VENV_PY :=
+else
+  PY := $(abspath $(VENV))/bin/python
+  VENV_PY := $(abspath $(VENV))/bin/python
+endif
+PIP := $(PY) -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+ifeq ($(CI),true)
+  export PIP_PROGRESS_BAR := off
+endif
+
+MMCV_OK = $(PY) -c 'import torch, mmcv, mmcv._ext; assert mmcv.__version__ == "$(MMCV_VERSION)", mmcv.__version__'
+MMCV_INSTALL = MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install --no-build-isolation
+REQS := requirements/mminstall.txt requirements/runtime.txt requirements/tests.txt
+
+.PHONY: help install test demo lint clean
+
+help:
+	@sed -n '2,23p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+
+ifneq ($(VENV_PY),)
+$(VENV_PY):
+	$(BOOT_PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+endif
+
+install: $(VENV_PY)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 9), "mmptq needs Python >= 3.9"; print("== mmptq install into", sys.prefix)'
+	@echo "-- torch: $(TORCH_SPEC) $(TORCH_PIP_ARGS)"
+	$(PIP) install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
+	@echo "-- build tools for mmcv, $(MMENGINE_SPEC)"
+	$(PIP) install -q 'setuptools<81' wheel ninja $(MMENGINE_SPEC)
+	@if $(MMCV_OK) 2>/dev/null; then \
+	  echo "-- mmcv $(MMCV_VERSION) with compiled ops: already installed"; \
+	else \
+	  $(PIP) uninstall -y -q mmcv mmcv-lite 2>/dev/null || true; \
+	  echo "-- mmcv $(MMCV_VERSION): building its ops against this torch (MAX_JOBS=$(MAX_JOBS); 15-25 min the first time)"; \
+	  $(MMCV_INSTALL) mmcv==$(MMCV_VERSION); \
+	  if ! $(MMCV_OK) 2>/dev/null; then \
+	    echo "-- mmcv: the cached build does not fit this torch; rebuilding without pip's cache"; \
+	    $(MMCV_INSTALL) --no-cache-dir --force-reinstall --no-deps mmcv==$(MMCV_VERSION); \
+	  fi; \
+	  $(MMCV_OK) || { echo "mmcv $(MMCV_VERSION) is installed without working compiled ops" >&2; exit 1; }; \
+	fi
+	@echo "-- OpenMMLab stack and requirements"
+	@torch_version=$$($(PY) -c 'import torch; print(torch.__version__)'); \
+	$(PIP) install -q $(addprefix -r ,$(REQS)) -c <(echo "torch==$$torch_version")
+	@if $(PY) -c 'import json, sys, importlib.metadata as m; u = json.loads(m.distribution("mmptq").read_text("direct_url.json") or "{}"); sys.exit(not (u.get("dir_info", {}).get("editable") and u.get("url") == "file://$(CURDIR)"))' 2>/dev/null; then \
+	  echo "-- mmptq: already installed (editable) from $(CURDIR)"; \
+	else \
+	  echo "-- mmptq: pip install -e ."; \
+	  $(PIP) install -q --no-build-isolation --no-deps -e .; \
+	fi
+	@$(PY) -c 'import importlib.util as u; u.find_spec("torchvision") and print("WARNING: torchvision is installed; the PyPI build may not match this torch. mmptq does not need it.")'
+	@cd / && $(PY) -c 'import torch, mmcv, mmdet, mmseg, mmpretrain, mmptq; print("== ok: torch", torch.__version__, "| mmcv", mmcv.__version__, "| mmdet", mmdet.__version__, "| mmseg", mmseg.__version__, "| mmpretrain", mmpretrain.__version__, "| mmptq", mmptq.__version__)'
+
+test: install
+	@rc=0; $(PY) -m pytest -q tests || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+demo: install
+	@echo "make demo: the main job on the embedded default (tiny models on the"
+	@echo "bundled MNIST-based data) lands with the embedded-default issue; nothing to run yet."
+
+lint: $(VENV_PY)
+	@$(PY) -m ruff --version >/dev/null 2>&1 || $(PIP) install -q -r requirements/tests.txt
+	$(PY) -m ruff check mmptq tools tests
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

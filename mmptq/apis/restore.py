@@ -1,0 +1,49 @@
+"""Quantized checkpoints: what to save next to the weights, and how to
+rebuild the quantized structure of a model from it without calibrating."""
+from dataclasses import asdict
+from typing import Dict
+
+from torch import nn
+
+import mmptq
+from mmptq.nn import apply_adapters
+from mmptq.nn.attention import Call
+from .config import resolve_quant_cfg
+from .quantize import freeze, prepare
+from .summary import QuantSummary
+
+META_KEY = 'mmptq'
+
+
+def quant_meta(summary: QuantSummary) -> Dict:
+    """The ``meta['mmptq']`` entry of a quantized checkpoint: mmptq version,
+    resolved quant_cfg, attention discovery records and the summary rows."""
+    return dict(
+        version=mmptq.__version__,
+        quant_cfg=summary.quant_cfg,
+        calls={
+            host: [dict(asdict(c), shapes=[list(s) for s in c.shapes],
+                        out_shape=list(c.out_shape)) for c in calls]
+            for host, calls in summary.calls.items()
+        },
+        summary=[dict(r) for r in summary])
+
+
+def is_quantized_checkpoint(checkpoint: Dict) -> bool:
+    return META_KEY in (checkpoint.get('meta') or {})
+
+
+def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
+    """Give ``model`` (FP, as built from its config) the quantized structure
+    recorded in ``meta`` (from ``quant_meta``): adapters, wrapped ops and
+    attention sites, frozen and ready for ``load_state_dict``."""
+    calls = {
+        host: [Call(c['kind'], tuple(tuple(s) for s in c['shapes']),
+                    tuple(c['out_shape'])) for c in host_calls]
+        for host, host_calls in meta['calls'].items()
+    }
+    apply_adapters(model)
+    summary = prepare(model, resolve_quant_cfg(meta['quant_cfg']), calls,
+                      calibrate_weights=False)
+    freeze(model, require_calibrated=False)
+    return summary

@@ -1,0 +1,46 @@
+"""Real OpenMMLab configs (random init, image-like inputs) through
+quantize_model: every attention quantized, W8A8 close to FP."""
+import pytest
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmseg')
+pytest.importorskip('mmpretrain')
+
+from mmengine.config import Config  # noqa: E402
+
+from mmptq.apis.analysis import (build_random_model,  # noqa: E402
+                                 quantization_sqnr, synthetic_batch)
+
+W8A8 = Config.fromfile('configs/quant/w8a8.py').quant_cfg.to_dict()
+
+# (config, input size, attention hosts expected, cfg_options)
+CONFIGS = [
+    ('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', (224, 224), 12),
+    ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', (224, 224), 0),
+    ('mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py',
+     (128, 128), 8),
+    ('mmpretrain::deit/deit-small_4xb256_in1k.py', (112, 112), 12),
+    ('mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py', (224, 224),
+     12),
+    ('mmpretrain::vision_transformer/vit-base-p16_64xb64_in1k.py',
+     (112, 112), 12),
+]
+
+
+@pytest.mark.parametrize('config, size, hosts', CONFIGS,
+                         ids=[c[0].split('/')[-1] for c in CONFIGS])
+def test_real_config_w8a8(config, size, hosts):
+    model, scope = build_random_model(config)
+    calib = [synthetic_batch(scope, 1, size, seed=i) for i in range(4)]
+    test = synthetic_batch(scope, 2, size, seed=99)
+    sqnr, summary = quantization_sqnr(model, scope, W8A8, calib, test)
+    counts = summary.counts()
+    # every attention: Q·Kᵀ, softmax and attn·V (or one SDPA) quantized
+    n_attn = counts.get('softmax', {}).get('quantized', 0) + \
+        counts.get('sdpa', {}).get('quantized', 0)
+    assert n_attn == hosts
+    for kind in ('qk', 'softmax', 'av', 'sdpa'):
+        assert 'fp' not in counts.get(kind, {}), summary.fp_rows()
+    assert counts['conv2d'].get('quantized', 0) + counts.get(
+        'linear', {}).get('quantized', 0) > 0
+    assert sqnr >= 20.0, f'{config}: W8A8 SQNR {sqnr:.1f} dB'
