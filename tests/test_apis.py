@@ -220,3 +220,25 @@ def test_sdpa_site_equals_torch_sdpa_when_disabled():
         ref = F.scaled_dot_product_attention(q, k, v, **kwargs)
         out = site(F.scaled_dot_product_attention, q, k, v, **kwargs)
         assert torch.allclose(ref, out, atol=1e-6), kwargs
+
+
+def test_unreached_layer_stays_fp_and_is_reported():
+    class Branchy(nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(x) if x.sum() > 1e6 else self.a(x)
+
+    model, summary = quantize_model(Branchy().eval(), dict(),
+                                    [torch.randn(2, 4)])
+    rows = {r['name']: r for r in summary}
+    assert rows['a']['status'] == 'quantized'
+    assert rows['b']['status'] == 'fp'
+    assert 'not reached' in rows['b']['reason']
+    assert not model.b.input_quantizer.enabled
+    big = torch.full((2, 4), 1e6)
+    assert torch.equal(model.b(big), F.linear(big, model.b.quant_weight(),
+                                              model.b.bias))

@@ -414,14 +414,19 @@ def test_use_before_calibration_is_an_error():
     assert 'head.fc_cls' in str(err.value)
     with pytest.raises(RuntimeError, match='calibrate'):
         q.learn_scale()
-    with pytest.raises(RuntimeError, match='saw no data'):
-        q.freeze()
     with pytest.raises(RuntimeError, match='before calibration'):
         Log2Quantizer(bits=4)(torch.ones(3))
-    # disabled quantizers pass the input through untouched
-    q.enabled = False
+    # frozen without data: disabled, the input passes through untouched,
+    # and a state-dict round trip keeps it that way
+    q.freeze()
+    assert not q.enabled and q.observer is None
     x = torch.randn(5)
     assert q(x) is x
+    fresh = UniformQuantizer(bits=8)
+    fresh.freeze()
+    fresh.enabled = True
+    fresh.load_state_dict(q.state_dict())
+    assert not fresh.enabled and fresh(x) is x
 
 
 def test_degenerate_range_stays_finite():

@@ -192,11 +192,15 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
         q.enabled = True
 
 
-def freeze(model: nn.Module, require_calibrated: bool = True) -> None:
-    """End calibration: observers are dropped, parameters become buffers."""
+def freeze(model: nn.Module) -> List[str]:
+    """End calibration: observers are dropped, parameters become buffers.
+    Returns the quantizers that saw no data: they stay FP (disabled)."""
+    unreached = []
     for q in quantizers(model):
-        q.freeze(require_calibrated)
-        q.enabled = True
+        q.freeze()
+        if not q.enabled:
+            unreached.append(q.name)
+    return unreached
 
 
 def quantize_model(
@@ -247,5 +251,10 @@ def quantize_model(
               logger='current')
     calibrate(model, batches, run, cfg['calib']['mode'])
     stage('after_calibration')
-    freeze(model)
+    unreached = freeze(model)
+    if unreached:
+        print_log(f'mmptq: {len(unreached)} quantizers saw no calibration '
+                  f'data and stay FP (more calib samples may reach them): '
+                  f'{unreached}', logger='current', level=30)
+        summary.mark_unreached(unreached)
     return model, summary

@@ -45,5 +45,5 @@ def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
     apply_adapters(model)
     summary = prepare(model, resolve_quant_cfg(meta['quant_cfg']), calls,
                       calibrate_weights=False)
-    freeze(model, require_calibrated=False)
+    freeze(model)
     return summary

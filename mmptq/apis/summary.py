@@ -49,6 +49,14 @@ class QuantSummary(list):
                 operands={k: q.describe() for k, q in operands.items()},
                 reason='' if operands else 'no quantizer configured'))
 
+    def mark_unreached(self, quantizer_names: List[str]) -> None:
+        """Rows whose quantizers saw no calibration data become FP."""
+        layers = {n.rsplit('.', 1)[0] for n in quantizer_names}
+        for row in self:
+            if row['name'] in layers:
+                row['status'] = 'fp'
+                row['reason'] = 'not reached by the calibration data'
+
     def counts(self) -> Dict[str, Dict[str, int]]:
         """{kind: {status: count}}."""
         out: Dict[str, Dict[str, int]] = {}

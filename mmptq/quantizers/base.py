@@ -167,14 +167,11 @@ class BaseQuantizer(nn.Module):
         """Recompute the parameters from the observer's range."""
         self.set_qparams(*self.qparams_from_range(*self.observer.range()))
 
-    def freeze(self, require_calibrated: bool = True) -> None:
-        """End calibration: drop the observer, keep the parameters (a
-        quantizer about to receive a checkpoint need not be calibrated)."""
-        if require_calibrated and self.observer is not None and \
-                not self.calibrated:
-            raise RuntimeError(
-                f'{self.name or "quantizer"} saw no data during calibration: '
-                f'the layer was not reached by the calibration forward passes')
+    def freeze(self) -> None:
+        """End calibration: drop the observer, keep the parameters. A
+        quantizer that saw no data (its layer was not reached by any
+        calibration batch) is disabled: the op stays FP."""
+        self.enabled = self.calibrated
         self.observing = False
         self.observer = None
         self.set_qparams(self.scale, self.zero_point)
@@ -189,6 +186,9 @@ class BaseQuantizer(nn.Module):
                 and prefix + 'observer.num_batches' not in state_dict):
             self.observing = False
             self.observer = None
+        if self.observer is None and prefix + 'scale' in state_dict:
+            # frozen without data (see ``freeze``): stays FP
+            self.enabled = state_dict[prefix + 'scale'].numel() > 0
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
