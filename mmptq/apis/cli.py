@@ -1,0 +1,40 @@
+"""Argument groups shared by mmptq's tools (their CLIs stay thin)."""
+import argparse
+
+from mmengine.config import Config, DictAction
+
+from .analysis import load_config
+from .runner import set_work_dir
+
+
+def add_quant_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--quant-cfg', help='preset name (w8a8, w4a4, ...) '
+                        'or path of a config with a quant_cfg section')
+    parser.add_argument('--w-bits', type=int, help='override weight bits')
+    parser.add_argument('--a-bits', type=int, help='override activation bits')
+    parser.add_argument('--calib-samples', type=int,
+                        help='number of calibration images')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='load checkpoints with weights_only=False '
+                        '(only for files you trust)')
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where logs and results go')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings of the config, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_cfg(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    set_work_dir(cfg, args.config, args.work_dir)
+    return cfg

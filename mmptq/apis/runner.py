@@ -1,0 +1,108 @@
+"""Config surgery shared by the tools: turn an OpenMMLab config into one
+whose test loop quantizes, and build its Runner."""
+import copy
+import os.path as osp
+from typing import Optional
+
+from mmengine.config import Config, ConfigDict
+from mmengine.runner import Runner
+
+from .presets import load_quant_cfg
+from .config import resolve_quant_cfg
+
+
+def merge_quant_cfg(cfg: Config,
+                    quant_cfg: Optional[str] = None,
+                    w_bits: Optional[int] = None,
+                    a_bits: Optional[int] = None,
+                    calib_samples: Optional[int] = None) -> Optional[dict]:
+    """The config's ``quant_cfg`` with a preset (name or path) merged over
+    it and the CLI overrides applied; None when nothing asks to quantize."""
+    merged = cfg.get('quant_cfg')
+    merged = copy.deepcopy(merged.to_dict() if hasattr(merged, 'to_dict')
+                           else merged)
+    if quant_cfg is not None:
+        preset = load_quant_cfg(quant_cfg)
+        merged = Config(dict(quant_cfg=merged or {}))
+        merged.merge_from_dict(dict(quant_cfg=preset))
+        merged = merged.quant_cfg.to_dict()
+    overrides = dict(w_bits=w_bits, a_bits=a_bits)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if calib_samples is not None:
+        overrides['calib'] = dict(num_samples=calib_samples)
+    if merged is None and not overrides:
+        return None
+    merged = merged or {}
+    for key, value in overrides.items():
+        if key == 'calib':
+            merged.setdefault('calib', {}).update(value)
+        else:
+            merged[key] = value
+    resolve_quant_cfg(merged)  # fail early, before anything is built
+    return merged
+
+
+def configure_quant_test(cfg: Config,
+                         checkpoint: Optional[str],
+                         quant_cfg: Optional[dict],
+                         fp_baseline: bool = False,
+                         save_quantized: Optional[str] = None,
+                         evaluate: bool = True,
+                         unsafe_load: bool = False) -> Config:
+    """Swap ``cfg.test_cfg`` for mmptq's ``QuantTestLoop`` (which loads
+    ``checkpoint``, quantizes with ``quant_cfg`` or restores a quantized
+    checkpoint, and evaluates) and make the config import mmptq."""
+    imports = cfg.get('custom_imports', dict(imports=[]))
+    if 'mmptq' not in imports['imports']:
+        imports = dict(imports, imports=list(imports['imports']) + ['mmptq'])
+    cfg.custom_imports = dict(imports, allow_failed_imports=False)
+    test_cfg = dict(cfg.get('test_cfg') or {})
+    test_cfg.pop('type', None)
+    cfg.test_cfg = ConfigDict(
+        type='mmptq.QuantTestLoop',
+        quant_cfg=quant_cfg,
+        fp_baseline=fp_baseline,
+        save_quantized=save_quantized,
+        evaluate=evaluate,
+        unsafe_load=unsafe_load,
+        **{k: v for k, v in test_cfg.items() if k == 'fp16'})
+    cfg.quant_cfg = quant_cfg
+    cfg.load_from = checkpoint
+    return cfg
+
+
+def set_work_dir(cfg: Config, config_path: str,
+                 work_dir: Optional[str]) -> None:
+    """CLI > config > ./work_dirs/<config name>, as the upstream tools."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(config_path))[0])
+
+
+def enable_visualization(cfg: Config, show_dir: str) -> None:
+    """Draw test predictions into ``show_dir`` with the config's own
+    visualization hook (mmdet, mmseg and mmpretrain name it differently)."""
+    hook = cfg.default_hooks.get('visualization') if cfg.get(
+        'default_hooks') else None
+    if hook is None:
+        raise ValueError('--show-dir needs a "visualization" entry in '
+                         'default_hooks (as in the upstream configs)')
+    hook_type = hook['type'].split('.')[-1]
+    if hook_type == 'VisualizationHook':  # mmpretrain
+        hook.update(enable=True, out_dir=show_dir)
+    elif hook_type == 'SegVisualizationHook':
+        hook.update(draw=True)
+        cfg.visualizer['save_dir'] = show_dir
+    else:  # DetVisualizationHook and look-alikes
+        hook.update(draw=True, test_out_dir=show_dir)
+
+
+def build_runner(cfg: Config) -> Runner:
+    """The Runner the upstream tools build: the default one, or
+    ``cfg.runner_type`` from the registry."""
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    from mmengine.registry import RUNNERS
+    return RUNNERS.build(cfg)

@@ -1,0 +1,46 @@
+"""Calibrate a model and save a quantized checkpoint.
+
+    python tools/quantize.py CONFIG FP_CHECKPOINT --quant-cfg w4a4 --out q.pth
+
+The checkpoint holds the weights, every quantizer's parameters, the
+resolved quant_cfg and the mmptq version; ``tools/test.py CONFIG q.pth``
+evaluates it without calibrating again. A thin CLI over ``mmptq.apis``.
+"""
+import argparse
+import os
+
+import mmptq  # noqa: F401  (registers mmptq's loops)
+from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg
+from mmptq.apis.runner import (build_runner, configure_quant_test,
+                               merge_quant_cfg)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    add_common_args(parser)
+    add_quant_args(parser)
+    parser.add_argument('--out', required=True,
+                        help='path of the quantized checkpoint (.pth)')
+    parser.add_argument('--eval', action='store_true',
+                        help='also evaluate the quantized model')
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_cfg(args)
+    quant_cfg = merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
+                                args.a_bits, args.calib_samples)
+    if quant_cfg is None:
+        raise SystemExit('nothing to quantize with: pass --quant-cfg (a '
+                         'preset or a file) or add quant_cfg to the config')
+    configure_quant_test(cfg, args.checkpoint, quant_cfg,
+                         save_quantized=args.out, evaluate=args.eval,
+                         unsafe_load=args.unsafe_load)
+    build_runner(cfg).test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,55 @@
+"""Test (and quantize) a model of any mmdet / mmseg / mmpretrain config.
+
+    python tools/test.py CONFIG CHECKPOINT --quant-cfg w4a4 [--fp-baseline]
+
+The arguments of the upstream ``tools/test.py`` plus the quantization
+ones. Without ``--quant-cfg`` (and without a ``quant_cfg`` section in the
+config) it evaluates the FP model like the upstream tool; a quantized
+checkpoint from ``tools/quantize.py`` is evaluated without calibrating.
+A thin CLI over ``mmptq.apis``.
+"""
+import argparse
+import os
+
+from mmengine.evaluator import DumpResults
+
+import mmptq  # noqa: F401  (registers mmptq's loops)
+from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg
+from mmptq.apis.runner import (build_runner, configure_quant_test,
+                               enable_visualization, merge_quant_cfg)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    add_common_args(parser)
+    parser.add_argument('--out', help='dump predictions to a pickle file')
+    parser.add_argument('--show-dir', help='draw predictions into this dir')
+    add_quant_args(parser)
+    parser.add_argument('--fp-baseline', action='store_true',
+                        help='evaluate FP too and print both side by side')
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_cfg(args)
+    quant_cfg = merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
+                                args.a_bits, args.calib_samples)
+    configure_quant_test(cfg, args.checkpoint, quant_cfg,
+                         fp_baseline=args.fp_baseline,
+                         unsafe_load=args.unsafe_load)
+    if args.show_dir:
+        enable_visualization(cfg, args.show_dir)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError('--out must be a .pkl / .pickle file')
+        runner.test_evaluator.metrics.append(
+            DumpResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
