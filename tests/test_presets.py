@@ -1,0 +1,58 @@
+"""Presets under configs/quant and the example configs under configs/."""
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from mmptq.apis import list_presets, load_quant_cfg, resolve_quant_cfg
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+EXAMPLES = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '*.py')))
+
+
+def test_presets_are_listed_and_valid():
+    names = list_presets()
+    for expected in ('w8a8', 'w6a6', 'w4a8', 'w4a4', 'minmax_w8a8',
+                     'percentile_w8a8', 'omse_w8a8'):
+        assert expected in names
+    for name in names:
+        cfg = resolve_quant_cfg(load_quant_cfg(name))
+        assert 2 <= cfg['w_bits'] <= 16
+
+
+@pytest.mark.parametrize('name, w, a', [('w8a8', 8, 8), ('w6a6', 6, 6),
+                                        ('w4a8', 4, 8), ('w4a4', 4, 4)])
+def test_preset_bits(name, w, a):
+    cfg = load_quant_cfg(name)
+    assert (cfg['w_bits'], cfg['a_bits']) == (w, a)
+
+
+def test_baselines_use_their_observer():
+    observers = {
+        'minmax_w8a8': 'MinMaxObserver',
+        'percentile_w8a8': 'PercentileObserver',
+        'omse_w8a8': 'OMSEObserver'
+    }
+    for name, observer in observers.items():
+        assert load_quant_cfg(name)['act']['observer']['type'] == observer
+
+
+def test_preset_path_and_unknown_name(tmp_path):
+    path = tmp_path / 'mine.py'
+    path.write_text("_base_ = ['%s']\nquant_cfg = dict(a_bits=6)\n" %
+                    osp.join(ROOT, 'configs', 'quant', 'w4a4.py'))
+    cfg = load_quant_cfg(str(path))
+    assert (cfg['w_bits'], cfg['a_bits']) == (4, 6)
+    with pytest.raises(ValueError, match=r'unknown quantization preset.*w4a4'):
+        load_quant_cfg('w3a3')
+
+
+@pytest.mark.parametrize('path', EXAMPLES,
+                         ids=[osp.basename(p) for p in EXAMPLES])
+def test_example_configs(path):
+    cfg = Config.fromfile(path)
+    assert 'mmptq' in cfg.custom_imports['imports']
+    assert cfg.test_cfg['type'] == 'mmptq.QuantTestLoop'
+    resolve_quant_cfg(cfg.quant_cfg.to_dict())
+    assert cfg.default_scope in ('mmdet', 'mmseg', 'mmpretrain')
