@@ -1,2 +1,3 @@
-_base_ = ['./_base_generic.py']
+# Generic recipe (mmptq.apis.DEFAULT_QUANT_CFG): per-channel MSE-searched
+# weights, per-tensor percentile-searched activations, log√2 softmax.
 quant_cfg = dict(w_bits=6, a_bits=6)
