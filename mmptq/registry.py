@@ -1,9 +1,9 @@
 """Registries of mmptq (scope ``mmptq``).
 
 ``OBSERVERS``, ``QUANTIZERS`` and ``MODEL_TRANSFORMS`` are mmptq's own
-concepts; ``MODELS``, ``HOOKS`` and ``LOOPS`` are children of mmengine's
-registries, so ``dict(type='mmptq.QuantTestLoop')`` resolves from any
-OpenMMLab config that imports mmptq.
+concepts; ``MODELS``, ``HOOKS``, ``LOOPS`` and ``RUNNERS`` are children of
+mmengine's registries, so ``dict(type='mmptq.QuantTestLoop')`` resolves from
+any OpenMMLab config that imports mmptq.
 """
 import difflib
 from typing import Any, Optional
@@ -11,6 +11,7 @@ from typing import Any, Optional
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import DefaultScope, Registry
 
 OBSERVERS = Registry('observer', scope='mmptq', locations=['mmptq.observers'])
@@ -22,6 +23,9 @@ HOOKS = Registry(
     'hook', parent=MMENGINE_HOOKS, scope='mmptq', locations=['mmptq.engine'])
 LOOPS = Registry(
     'loop', parent=MMENGINE_LOOPS, scope='mmptq', locations=['mmptq.engine'])
+RUNNERS = Registry(
+    'runner', parent=MMENGINE_RUNNERS, scope='mmptq',
+    locations=['mmptq.engine'])
 
 
 def nearest_names(name: str, choices, n: int = 3) -> str:

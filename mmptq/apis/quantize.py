@@ -1,7 +1,9 @@
 """``quantize_model``: the one entry point of mmptq."""
+import hashlib
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
+from mmengine import dist
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 from torch import nn
@@ -167,13 +169,56 @@ def prepare(model: nn.Module,
     return summary
 
 
+def sync_observers(qs: List[BaseQuantizer]) -> None:
+    """Merge the observer statistics of all ranks of a distributed run
+    (``BaseObserver.sync``), then refresh the parameters of every quantizer
+    that has data. Collectives run in the order of ``qs`` (model.modules()
+    order), the same on every rank; first a check that all ranks hold the
+    same quantizers, so that a mismatch is an error and not a hang."""
+    names = '\n'.join(f'{q.name}:{type(q.observer).__name__}' for q in qs)
+    digest = int.from_bytes(
+        hashlib.sha256(names.encode()).digest()[:7], 'little')
+    check = torch.tensor([digest, -digest], dtype=torch.long)
+    dist.all_reduce(check, op='max')
+    if int(check[0]) != -int(check[1]):
+        raise RuntimeError(
+            f'distributed calibration: the ranks built different quantizers '
+            f'(rank {dist.get_rank()} has {len(qs)}); every rank must '
+            f'quantize the same model with the same quant_cfg')
+    for q in qs:
+        q.observer.sync()
+        if q.observer.num_batches > 0:
+            q.update_qparams()
+
+
 def calibrate(model: nn.Module, batches: Iterable, run: Callable,
               mode: str = 'sequential') -> None:
     """Feed the calibration batches with every quantizer observing.
 
     sequential: quantization is on while observing, so every layer sees the
     output of already-quantized layers (RepQ-ViT's order); parallel: the
-    observers see the FP signal."""
+    observers see the FP signal.
+
+    Distributed (torch.distributed initialised, world size > 1, e.g.
+    ``--launcher pytorch``): each rank feeds its shard of the batches, then
+    the observers are synchronised (``sync_observers``) and every rank ends
+    with the same quantizer parameters. In 'parallel' mode:
+
+    - MinMax observers: exactly those of one process on the union of the
+      shards (given bit-equal activations: same threads and kernels);
+    - running means of per-batch ranges (MSE, OMSE, PercentileSearch):
+      those of one process up to float rounding, when the ranks' batches
+      are the single run's batches: batch_size 1 and num_samples a
+      multiple of the world size (mmengine's DefaultSampler pads a short
+      shard by repeating samples, and with batch_size > 1 groups other
+      samples into a batch);
+    - EMA observers (EMAMinMax, Percentile): the batch-weighted mean of
+      the ranks' states, not the single-process EMA (``EMAMixin.sync``).
+
+    In 'sequential' mode each rank's later layers saw inputs quantized with
+    its own running parameters, so only the final synchronisation is
+    shared: the result is the same on every rank but not bit-equal to one
+    process."""
     qs = quantizers(model)
     weights = {
         id(m.weight_quantizer)
@@ -188,6 +233,8 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
             run(batch)
             if bar is not None:
                 bar.update()
+    if dist.get_world_size() > 1:
+        sync_observers([q for q in qs if q.observing])
     for q in qs:
         q.enabled = True
 

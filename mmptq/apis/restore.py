@@ -43,6 +43,14 @@ def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
         for host, host_calls in meta['calls'].items()
     }
     apply_adapters(model)
+    modules = dict(model.named_modules())
+    absent = [host for host in calls if host not in modules]
+    if absent:
+        raise ValueError(
+            f'quantized checkpoint does not match the model of this config: '
+            f'it quantizes attention in {len(absent)} module(s) the model '
+            f'lacks {absent[:5]}. Check that the quantized checkpoint was '
+            f'made from this config')
     summary = prepare(model, resolve_quant_cfg(meta['quant_cfg']), calls,
                       calibrate_weights=False)
     freeze(model)

@@ -4,6 +4,7 @@ import copy
 import os.path as osp
 from typing import Optional
 
+import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.runner import Runner
 
@@ -32,7 +33,7 @@ def merge_quant_cfg(cfg: Config,
         overrides['calib'] = dict(num_samples=calib_samples)
     if merged is None and not overrides:
         return None
-    merged = merged or {}
+    merged = _strip_delete(merged or {})
     for key, value in overrides.items():
         if key == 'calib':
             merged.setdefault('calib', {}).update(value)
@@ -40,6 +41,18 @@ def merge_quant_cfg(cfg: Config,
             merged[key] = value
     resolve_quant_cfg(merged)  # fail early, before anything is built
     return merged
+
+
+def _strip_delete(node):
+    """Drop ``_delete_`` flags that had nothing to delete: mmengine keeps
+    them where the base config lacks the key (a quant_cfg file or section
+    without ``_base_``); replacing the defaults is what resolving does."""
+    if isinstance(node, dict):
+        return {k: _strip_delete(v) for k, v in node.items()
+                if k != '_delete_'}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_strip_delete(v) for v in node)
+    return node
 
 
 def configure_quant_test(cfg: Config,
@@ -102,6 +115,10 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
 def build_runner(cfg: Config) -> Runner:
     """The Runner the upstream tools build: the default one, or
     ``cfg.runner_type`` from the registry."""
+    if cfg.get('launcher', 'none') != 'none' and \
+            not torch.cuda.is_available():
+        # mmengine's launcher needs CUDA; this runner is it without CUDA
+        cfg.setdefault('runner_type', 'mmptq.CPUDistRunner')
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     from mmengine.registry import RUNNERS

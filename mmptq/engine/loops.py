@@ -163,9 +163,20 @@ class QuantTestLoop(TestLoop):
         model = unwrap(self.runner.model)
         state = {k[len('module.'):] if k.startswith('module.') else k: v
                  for k, v in state.items()}
-        result = model.load_state_dict(state, strict=False)
+        kind = 'quantized checkpoint' if quantized else 'checkpoint'
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # strict=False still fails on shapes
+            shapes = [line.strip() for line in str(e).splitlines()
+                      if 'size mismatch' in line]
+            if not shapes:
+                raise
+            raise ValueError(
+                f'{kind} {self.checkpoint_path} does not match the model of '
+                f'this config: {len(shapes)} tensors differ in shape, '
+                f'{shapes[:3]}. Check that config and checkpoint belong '
+                f'together (num_classes, channels, ...)') from None
         if result.missing_keys or (quantized and result.unexpected_keys):
-            kind = 'quantized checkpoint' if quantized else 'checkpoint'
             raise ValueError(
                 f'{kind} {self.checkpoint_path} does not match the model of '
                 f'this config: {len(result.missing_keys)} missing keys '
@@ -189,7 +200,10 @@ class QuantTestLoop(TestLoop):
             if self.quant_cfg:
                 print_log('mmptq: the checkpoint is quantized; its own '
                           'quant_cfg is used', logger='current', level=30)
-            summary = restore_quantized(model, meta)
+            try:
+                summary = restore_quantized(model, meta)
+            except ValueError as e:
+                raise ValueError(f'{self.checkpoint_path}: {e}') from None
             self._load_state(checkpoint['state_dict'], quantized=True)
         else:
             if checkpoint is not None:
@@ -240,8 +254,8 @@ class QuantTestLoop(TestLoop):
         print_log(f'mmptq: quantized ops {summary.counts()}',
                   logger='current')
         result = dict(
-            metrics=metrics,
-            fp_metrics=fp_metrics,
+            metrics=_plain(metrics),
+            fp_metrics=_plain(fp_metrics),
             quant_cfg=summary.quant_cfg,
             summary=list(summary),
             timings=timings,
@@ -253,5 +267,16 @@ class QuantTestLoop(TestLoop):
         print_log(f'mmptq: results written to {path}', logger='current')
 
 
+def _plain(metrics: Optional[dict]) -> Optional[dict]:
+    """Metrics as JSON numbers: evaluators may return numpy or torch
+    scalars (mmseg's IoUMetric does), which ``json`` would write as text."""
+    if metrics is None:
+        return None
+    return {k: v.item() if hasattr(v, 'item') and getattr(v, 'ndim', 1) == 0
+            else v for k, v in metrics.items()}
+
+
 def _fmt(value) -> str:
+    if hasattr(value, 'item') and getattr(value, 'ndim', 1) == 0:
+        value = value.item()
     return f'{value:.4f}' if isinstance(value, float) else str(value)

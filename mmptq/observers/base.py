@@ -2,9 +2,10 @@
 (lo, hi) per row. Rows come from the quantizer (one row per tensor, channel
 or group), so per-channel observation is per-tensor observation of each row.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
+from mmengine import dist
 from torch import Tensor, nn
 
 #: columns processed at once by the chunked statistics (bounds peak memory)
@@ -62,7 +63,8 @@ class BaseObserver(nn.Module):
     """Accumulates a clip range per row over calibration batches.
 
     ``update(rows, quantizer)`` checks the input and folds in one batch;
-    ``range()`` returns (lo, hi), each of shape (C,).
+    ``range()`` returns (lo, hi), each of shape (C,); ``sync()`` merges the
+    states of the ranks of a distributed run (after the last batch).
     """
 
     def __init__(self) -> None:
@@ -99,6 +101,69 @@ class BaseObserver(nn.Module):
             n = float(self.num_batches)
             self.lo = self.lo + (lo - self.lo) / (n + 1)
             self.hi = self.hi + (hi - self.hi) / (n + 1)
+
+    def sync(self, group: Optional[object] = None) -> None:
+        """Merge the states of all ranks of ``group`` (default: the world)
+        so that every rank ends with the same state; a no-op when
+        torch.distributed is not initialised or has one rank.
+
+        Call it once, on every rank, after the last calibration batch: it
+        runs collectives, so all ranks must call it in the same order (a
+        rank whose observer saw no data takes part too and ends with the
+        global state). Afterwards ``num_batches`` is the total over the
+        ranks; if no rank saw data the observer stays empty.
+
+        Default (the running mean of ``accumulate``): the
+        ``num_batches``-weighted mean Σ_r n_r·m_r / Σ_r n_r of the ranks'
+        means m_r, computed in float64. That is the mean of all the ranks'
+        per-batch ranges, i.e. what one process gets from the same set of
+        batches in any order, up to float rounding (~1e-7 relative).
+        """
+        merged = self._merge_stats(group)
+        if merged is None:
+            return
+        lo, hi, n, total = merged
+        packed = torch.cat([lo, hi]).double() * n
+        dist.all_reduce(packed, op='sum', group=group)
+        packed /= total
+        self._set_synced(*packed.float().chunk(2), total)
+
+    def _merge_stats(
+        self, group: Optional[object]
+    ) -> Optional[Tuple[Tensor, Tensor, int, int]]:
+        """First step of ``sync``: agree on the number of rows over the
+        ranks (one all-gather of (num_batches, rows)). Returns None when
+        there is nothing to do (not distributed, or no rank saw data),
+        else (lo, hi, n, total): this rank's state, zeros of the agreed
+        shape where it saw no data, its batch count and the total."""
+        if dist.get_world_size(group) <= 1:
+            return None
+        device = self.num_batches.device
+        n = int(self.num_batches)
+        rows = self.lo.numel() if n else 0
+        stats = torch.tensor([n, rows], dtype=torch.long, device=device)
+        gathered = torch.stack(dist.all_gather(stats, group=group)).cpu()
+        total = int(gathered[:, 0].sum())
+        if total == 0:
+            return None
+        seen = gathered[gathered[:, 0] > 0, 1].unique()
+        if len(seen) != 1:  # every rank sees the same table: all raise
+            raise RuntimeError(
+                f'{type(self).__name__}.sync: the ranks observed different '
+                f'numbers of rows {seen.tolist()} (per-rank (batches, rows): '
+                f'{gathered.tolist()}); every rank must quantize the same '
+                f'model')
+        rows = int(seen[0])
+        if n:
+            lo, hi = self.lo.float(), self.hi.float()
+        else:
+            lo = hi = torch.zeros(rows, device=device)
+        return lo, hi, n, total
+
+    def _set_synced(self, lo: Tensor, hi: Tensor, total: int) -> None:
+        device = self.num_batches.device
+        self.lo, self.hi = lo.to(device), hi.to(device)
+        self.num_batches.fill_(total)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # lo / hi have one entry per row, known only after data was seen

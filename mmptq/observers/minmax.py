@@ -2,6 +2,7 @@
 from typing import Optional, Tuple
 
 import torch
+from mmengine import dist
 from torch import Tensor, nn
 
 from mmptq.registry import OBSERVERS
@@ -23,12 +24,45 @@ class MinMaxObserver(BaseObserver):
             self.lo = torch.minimum(self.lo, lo)
             self.hi = torch.maximum(self.hi, hi)
 
+    def sync(self, group: Optional[object] = None) -> None:
+        """lo = min over the ranks, hi = max over the ranks (one all-reduce
+        MIN of (lo, −hi)): exactly what one process gets on the union of
+        the ranks' batches, whatever the sharding and order. Ranks that saw
+        no data contribute (+inf, −inf). See ``BaseObserver.sync``."""
+        merged = self._merge_stats(group)
+        if merged is None:
+            return
+        lo, hi, n, total = merged
+        if not n:
+            lo = torch.full_like(lo, float('inf'))
+            hi = torch.full_like(hi, float('-inf'))
+        packed = torch.cat([lo, -hi])
+        dist.all_reduce(packed, op='min', group=group)
+        lo, neg_hi = packed.chunk(2)
+        self._set_synced(lo, -neg_hi, total)
+
 
 class EMAMixin:
     """m ← m + μ·(m_batch − m) after the first batch, which sets m
     (FQ-ViT's EMA with μ = ``momentum`` = 0.01)."""
 
     momentum: float
+
+    def sync(self, group: Optional[object] = None) -> None:
+        """Merge the ranks' EMA states into their ``num_batches``-weighted
+        mean Σ_r n_r·m_r / Σ_r n_r (see ``BaseObserver.sync``).
+
+        An EMA depends on the order of the batches (after K batches it
+        weights batch k by μ·(1−μ)^(K−k), the first by (1−μ)^(K−1)), and
+        the ranks' final states do not determine the EMA of the interleaved
+        stream one process would see: this is *not* the single-process
+        result in general. Guaranteed: every rank ends with the same state;
+        it lies elementwise between the smallest and the largest of the
+        ranks' states (a convex combination, weights n_r / Σ n); it equals
+        the ranks' common state when they agree, and the state of the only
+        rank that saw data when just one did (so world size 1 or a single
+        non-empty shard is exact)."""
+        BaseObserver.sync(self, group)
 
     def accumulate(self, lo: Tensor, hi: Tensor) -> None:
         if self.num_batches == 0:
