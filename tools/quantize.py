@@ -7,12 +7,10 @@ resolved quant_cfg and the mmptq version; ``tools/test.py CONFIG q.pth``
 evaluates it without calibrating again. A thin CLI over ``mmptq.apis``.
 """
 import argparse
-import os
 
 import mmptq  # noqa: F401  (registers mmptq's loops)
-from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg
-from mmptq.apis.runner import (build_runner, configure_quant_test,
-                               merge_quant_cfg)
+from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg, parse
+from mmptq.apis.runner import (build_runner, configure_quant_test)
 
 
 def parse_args() -> argparse.Namespace:
@@ -23,16 +21,12 @@ def parse_args() -> argparse.Namespace:
                         help='path of the quantized checkpoint (.pth)')
     parser.add_argument('--eval', action='store_true',
                         help='also evaluate the quantized model')
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse(parser)
 
 
 def main() -> None:
     args = parse_args()
-    cfg = load_cfg(args)
-    quant_cfg = merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
-                                args.a_bits, args.calib_samples)
+    cfg, quant_cfg = load_cfg(args)
     if quant_cfg is None:
         raise SystemExit('nothing to quantize with: pass --quant-cfg (a '
                          'preset or a file) or add quant_cfg to the config')

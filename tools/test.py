@@ -9,14 +9,13 @@ checkpoint from ``tools/quantize.py`` is evaluated without calibrating.
 A thin CLI over ``mmptq.apis``.
 """
 import argparse
-import os
 
 from mmengine.evaluator import DumpResults
 
 import mmptq  # noqa: F401  (registers mmptq's loops)
-from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg
+from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg, parse
 from mmptq.apis.runner import (build_runner, configure_quant_test,
-                               enable_visualization, merge_quant_cfg)
+                               enable_visualization)
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,16 +26,12 @@ def parse_args() -> argparse.Namespace:
     add_quant_args(parser)
     parser.add_argument('--fp-baseline', action='store_true',
                         help='evaluate FP too and print both side by side')
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse(parser)
 
 
 def main() -> None:
     args = parse_args()
-    cfg = load_cfg(args)
-    quant_cfg = merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
-                                args.a_bits, args.calib_samples)
+    cfg, quant_cfg = load_cfg(args)
     configure_quant_test(cfg, args.checkpoint, quant_cfg,
                          fp_baseline=args.fp_baseline,
                          unsafe_load=args.unsafe_load)

@@ -1,10 +1,12 @@
 """Argument groups shared by mmptq's tools (their CLIs stay thin)."""
 import argparse
+import os
+from typing import Optional, Tuple
 
 from mmengine.config import Config, DictAction
 
 from .analysis import load_config
-from .runner import set_work_dir
+from .runner import merge_quant_cfg, set_work_dir
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +33,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
-def load_cfg(args: argparse.Namespace) -> Config:
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line; torch.distributed.launch passes
+    --local-rank, torchrun sets LOCAL_RANK."""
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_cfg(args: argparse.Namespace) -> Tuple[Config, Optional[dict]]:
+    """The config with the CLI options applied, and its quant_cfg merged
+    with --quant-cfg / --w-bits / --a-bits / --calib-samples."""
     cfg = load_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     set_work_dir(cfg, args.config, args.work_dir)
-    return cfg
+    return cfg, merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
+                                args.a_bits, args.calib_samples)
