@@ -10,7 +10,8 @@ from .utils import install_torchvision_shim  # noqa: E402
 # mmpretrain imports torchvision; a no-op where a real one is installed
 install_torchvision_shim()
 
-from . import apis, engine, nn, observers, quantizers  # noqa: F401,E402
+from . import (apis, engine, nn, observers, quantizers,  # noqa: F401,E402
+               transforms)
 from .apis import quantize_model  # noqa: E402
 
 __all__ = ['quantize_model', '__version__']

@@ -17,7 +17,8 @@ from mmengine.registry import DefaultScope, Registry
 OBSERVERS = Registry('observer', scope='mmptq', locations=['mmptq.observers'])
 QUANTIZERS = Registry(
     'quantizer', scope='mmptq', locations=['mmptq.quantizers'])
-MODEL_TRANSFORMS = Registry('model transform', scope='mmptq')
+MODEL_TRANSFORMS = Registry(
+    'model transform', scope='mmptq', locations=['mmptq.transforms'])
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmptq')
 HOOKS = Registry(
     'hook', parent=MMENGINE_HOOKS, scope='mmptq', locations=['mmptq.engine'])

@@ -21,9 +21,11 @@ def add_quant_args(parser: argparse.ArgumentParser) -> None:
                         '(only for files you trust)')
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+def add_common_args(parser: argparse.ArgumentParser,
+                    checkpoint: bool = True) -> None:
+    parser.add_argument('config', help='config file path')
+    if checkpoint:
+        parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where logs and results go')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
@@ -41,13 +43,19 @@ def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
-def load_cfg(args: argparse.Namespace) -> Tuple[Config, Optional[dict]]:
-    """The config with the CLI options applied, and its quant_cfg merged
-    with --quant-cfg / --w-bits / --a-bits / --calib-samples."""
+def load_run_cfg(args: argparse.Namespace) -> Config:
+    """The config with --launcher, --cfg-options and --work-dir applied."""
     cfg = load_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     set_work_dir(cfg, args.config, args.work_dir)
+    return cfg
+
+
+def load_cfg(args: argparse.Namespace) -> Tuple[Config, Optional[dict]]:
+    """The config with the CLI options applied, and its quant_cfg merged
+    with --quant-cfg / --w-bits / --a-bits / --calib-samples."""
+    cfg = load_run_cfg(args)
     return cfg, merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
                                 args.a_bits, args.calib_samples)

@@ -15,6 +15,7 @@ from mmptq.nn.attention import build_site
 from mmptq.nn.modules import QuantWeightMixin
 from mmptq.quantizers import BaseQuantizer
 from mmptq.registry import HOOKS, MODEL_TRANSFORMS, QUANTIZERS, build_checked
+from mmptq.transforms import TransformContext
 from .config import LayerRules, resolve_quant_cfg
 from .summary import QuantSummary
 
@@ -192,8 +193,10 @@ def sync_observers(qs: List[BaseQuantizer]) -> None:
 
 
 def calibrate(model: nn.Module, batches: Iterable, run: Callable,
-              mode: str = 'sequential') -> None:
-    """Feed the calibration batches with every quantizer observing.
+              mode: str = 'sequential',
+              fixed: Iterable[nn.Module] = ()) -> None:
+    """Feed the calibration batches with every activation quantizer
+    observing, except the ``fixed`` ones (they keep their parameters).
 
     sequential: quantization is on while observing, so every layer sees the
     output of already-quantized layers (RepQ-ViT's order); parallel: the
@@ -223,7 +226,7 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
     weights = {
         id(m.weight_quantizer)
         for m in model.modules() if isinstance(m, QuantWeightMixin)
-    }
+    } | {id(q) for q in fixed}
     for q in qs:
         q.enabled = mode == 'sequential'
         q.observing = id(q) not in weights
@@ -287,16 +290,34 @@ def quantize_model(
             'mmptq.engine; quantize_model runs calibration only')
     model.eval()
     run = run_batch(model)
+    first = next(iter(batches))
+    calls = discover(model, first, run)
+    mode = cfg['calib']['mode']
+
+    def recalibrate(fixed: Iterable[nn.Module]) -> None:
+        fixed_ids = {id(q) for q in fixed}
+        for q in quantizers(model):
+            if id(q) not in fixed_ids and q.observer is not None:
+                q.observer.reset()
+        print_log(f'mmptq: calibrating again ({len(fixed_ids)} quantizers '
+                  f'fixed)', logger='current')
+        calibrate(model, batches, run, mode, fixed)
+
+    ctx = TransformContext(run_batch=lambda: run(first),
+                           recalibrate=recalibrate)
     for transform in transforms:
-        transform(model)
-    calls = discover(model, next(iter(batches)), run)
+        transform.before_wrap(model, ctx)
     summary = prepare(model, cfg, calls)
+    for transform in transforms:
+        transform.before_calibration(model, ctx)
     stage = stage_callback or (lambda name: None)
     stage('before_calibration')
     print_log(f'mmptq: calibrating {len(quantizers(model))} quantizers on '
-              f'{len(batches)} batches ({cfg["calib"]["mode"]})',
-              logger='current')
-    calibrate(model, batches, run, cfg['calib']['mode'])
+              f'{len(batches)} batches ({mode})', logger='current')
+    calibrate(model, batches, run, mode)
+    for transform in transforms:
+        transform.after_calibration(model, ctx)
+        summary.transforms.extend(transform.rows)
     stage('after_calibration')
     unreached = freeze(model)
     if unreached:

@@ -26,7 +26,8 @@ def quant_meta(summary: QuantSummary) -> Dict:
                         out_shape=list(c.out_shape)) for c in calls]
             for host, calls in summary.calls.items()
         },
-        summary=[dict(r) for r in summary])
+        summary=[dict(r) for r in summary],
+        transforms=[dict(t) for t in summary.transforms])
 
 
 def is_quantized_checkpoint(checkpoint: Dict) -> bool:
@@ -51,7 +52,14 @@ def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
             f'it quantizes attention in {len(absent)} module(s) the model '
             f'lacks {absent[:5]}. Check that the quantized checkpoint was '
             f'made from this config')
+    # transforms are not run again: their effect is in the saved weights;
+    # only parameters they added (a bias) must exist to be loaded
+    for row in meta.get('transforms', []):
+        for name in row.get('bias_added', []):
+            lin = model.get_submodule(name)
+            lin.bias = nn.Parameter(lin.weight.new_zeros(lin.out_features))
     summary = prepare(model, resolve_quant_cfg(meta['quant_cfg']), calls,
                       calibrate_weights=False)
+    summary.transforms = list(meta.get('transforms', []))
     freeze(model)
     return summary

@@ -17,6 +17,9 @@ class QuantSummary(list):
         super().__init__(rows)
         self.quant_cfg = quant_cfg
         self.calls = calls or {}
+        #: what model transforms did (dict rows: transform, target,
+        #: consumers, mode, reason, ...)
+        self.transforms: List[dict] = []
 
     def add(self,
             name: str,
@@ -80,4 +83,8 @@ class QuantSummary(list):
             lines.append(f"{r['name'][:60]:60s} {r['kind']:16s} "
                          f"{r['status']:9s} {r['w_bits'] or '-':<2} "
                          f"{r['a_bits'] or '-':<2} {detail}")
+        for t in self.transforms:
+            lines.append(f"{t['transform']}: {t['target']} -> "
+                         f"{', '.join(t['consumers']) or '-'}: {t['mode']}"
+                         + (f" ({t['reason']})" if t['reason'] else ''))
         return '\n'.join(lines)

@@ -206,3 +206,33 @@ def install_safe_loader(unsafe: bool = False) -> Optional[Callable]:
     previous = CheckpointLoader._schemes.get('')
     CheckpointLoader.register_scheme(prefixes='', loader=loader, force=True)
     return previous
+
+
+def publish_checkpoint(src: str, dst: str,
+                       dtype: Optional[torch.dtype] = None,
+                       meta_keys: Tuple[str, ...] = (
+                           'mmengine_version', 'dataset_meta', 'epoch',
+                           'iter', 'seed', 'experiment_name', 'cfg')
+                       ) -> str:
+    """Write ``src``'s weights without optimizer, scheduler and message-hub
+    state to ``dst`` (the upstream ``publish_model`` step); returns dst's
+    sha256. Only ``meta_keys`` of its ``meta`` are kept; with ``dtype``
+    (e.g. ``torch.float16``) floating-point tensors are stored in it
+    (loading casts them back to the model's dtype)."""
+    import hashlib
+    import os
+
+    ckpt = load_checkpoint_file(src)
+    if 'state_dict' not in ckpt:
+        raise KeyError(f'{src} has no "state_dict": not a Runner checkpoint')
+    meta = {k: v for k, v in ckpt.get('meta', {}).items() if k in meta_keys}
+    state = ckpt['state_dict']
+    if dtype is not None:
+        state = type(state)((k, v.to(dtype) if v.is_floating_point() else v)
+                            for k, v in state.items())
+        meta['stored_dtype'] = str(dtype)
+    out = dict(state_dict=state, meta=meta)
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    torch.save(out, dst)
+    with open(dst, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()

@@ -79,6 +79,43 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
+def load_state_checked(model: torch.nn.Module, state: Dict, path: str,
+                       quantized: bool = False) -> None:
+    """Load ``state`` (from checkpoint ``path``) into ``model``; missing
+    keys or shape mismatches are errors that name the checkpoint, keys the
+    model does not use are a warning (an error for quantized checkpoints).
+    A ``module.`` prefix (DDP) is dropped."""
+    model = unwrap(model)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v
+             for k, v in state.items()}
+    kind = 'quantized checkpoint' if quantized else 'checkpoint'
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # strict=False still fails on shapes
+        shapes = [line.strip() for line in str(e).splitlines()
+                  if 'size mismatch' in line]
+        if not shapes:
+            raise
+        raise ValueError(
+            f'{kind} {path} does not match the model of this config: '
+            f'{len(shapes)} tensors differ in shape, {shapes[:3]}. Check '
+            f'that config and checkpoint belong together (num_classes, '
+            f'channels, ...)') from None
+    if result.missing_keys or (quantized and result.unexpected_keys):
+        raise ValueError(
+            f'{kind} {path} does not match the model of this config: '
+            f'{len(result.missing_keys)} missing keys '
+            f'{result.missing_keys[:5]}, {len(result.unexpected_keys)} '
+            f'unexpected keys {result.unexpected_keys[:5]}. Check that '
+            f'config and checkpoint belong together'
+            + (' and that the quantized checkpoint was made from this '
+               'config' if quantized else ''))
+    if result.unexpected_keys:
+        print_log(f'mmptq: checkpoint keys not used by the model: '
+                  f'{result.unexpected_keys[:10]}', logger='current',
+                  level=30)
+
+
 @LOOPS.register_module()
 class CalibrationLoop(BaseLoop):
     """Quantize ``runner.model`` in place with ``quant_cfg``: transforms,
@@ -159,37 +196,6 @@ class QuantTestLoop(TestLoop):
         return load_checkpoint_file(self.checkpoint_path,
                                     unsafe=self.unsafe_load)
 
-    def _load_state(self, state: Dict, quantized: bool) -> None:
-        model = unwrap(self.runner.model)
-        state = {k[len('module.'):] if k.startswith('module.') else k: v
-                 for k, v in state.items()}
-        kind = 'quantized checkpoint' if quantized else 'checkpoint'
-        try:
-            result = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # strict=False still fails on shapes
-            shapes = [line.strip() for line in str(e).splitlines()
-                      if 'size mismatch' in line]
-            if not shapes:
-                raise
-            raise ValueError(
-                f'{kind} {self.checkpoint_path} does not match the model of '
-                f'this config: {len(shapes)} tensors differ in shape, '
-                f'{shapes[:3]}. Check that config and checkpoint belong '
-                f'together (num_classes, channels, ...)') from None
-        if result.missing_keys or (quantized and result.unexpected_keys):
-            raise ValueError(
-                f'{kind} {self.checkpoint_path} does not match the model of '
-                f'this config: {len(result.missing_keys)} missing keys '
-                f'{result.missing_keys[:5]}, {len(result.unexpected_keys)} '
-                f'unexpected keys {result.unexpected_keys[:5]}. Check that '
-                f'config and checkpoint belong together'
-                + (' and that the quantized checkpoint was made from this '
-                   'config' if quantized else ''))
-        if result.unexpected_keys:
-            print_log(f'mmptq: checkpoint keys not used by the model: '
-                      f'{result.unexpected_keys[:10]}', logger='current',
-                      level=30)
-
     def run(self) -> dict:
         timings = {}
         checkpoint = self._load()
@@ -204,11 +210,13 @@ class QuantTestLoop(TestLoop):
                 summary = restore_quantized(model, meta)
             except ValueError as e:
                 raise ValueError(f'{self.checkpoint_path}: {e}') from None
-            self._load_state(checkpoint['state_dict'], quantized=True)
+            load_state_checked(model, checkpoint['state_dict'],
+                               self.checkpoint_path, quantized=True)
         else:
             if checkpoint is not None:
-                self._load_state(checkpoint.get('state_dict', checkpoint),
-                                 quantized=False)
+                load_state_checked(model,
+                                   checkpoint.get('state_dict', checkpoint),
+                                   self.checkpoint_path)
             if self.quant_cfg is None:  # nothing asks to quantize: upstream
                 return super().run()
             if self.fp_baseline:

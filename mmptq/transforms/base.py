@@ -1,0 +1,47 @@
+"""Model transforms: rewrites that run at stages of ``quantize_model``."""
+from dataclasses import dataclass
+from typing import Callable, Iterable, List
+
+from torch import nn
+
+
+@dataclass
+class TransformContext:
+    """What a transform may use.
+
+    Attributes:
+        run_batch: one forward of the model on the first calibration batch.
+        recalibrate: feed all calibration batches again with every
+            activation quantizer re-observing, except the given ones
+            (which keep their parameters).
+    """
+    run_batch: Callable[[], object]
+    recalibrate: Callable[[Iterable[nn.Module]], None]
+
+
+class BaseTransform:
+    """A model rewrite at one or more stages of ``quantize_model``:
+
+    - ``before_wrap``: FP model (adapters applied), before ops are wrapped:
+      structure analysis and data-free rewrites;
+    - ``before_calibration``: ops wrapped, weight quantizers set;
+    - ``after_calibration``: activation statistics collected, before
+      freezing (data-driven rewrites).
+
+    ``rows`` are its lines of the summary (dicts: transform, target,
+    consumers, mode, reason).
+    """
+
+    def __init__(self) -> None:
+        self.rows: List[dict] = []
+
+    def before_wrap(self, model: nn.Module, ctx: TransformContext) -> None:
+        pass
+
+    def before_calibration(self, model: nn.Module,
+                           ctx: TransformContext) -> None:
+        pass
+
+    def after_calibration(self, model: nn.Module,
+                          ctx: TransformContext) -> None:
+        pass

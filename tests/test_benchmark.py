@@ -1,0 +1,193 @@
+"""tools/benchmark.py and tools/train.py end to end on tiny data, and the
+pieces of ``mmptq.apis.benchmark`` on hand-made inputs."""
+import json
+import os.path as osp
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmpretrain')
+
+from e2e_utils import (DEIT_CFG, MASK_RCNN_CFG, describe,  # noqa: E402
+                       make_tiny_cls, make_tiny_coco, run_tool,
+                       save_fp_checkpoint, write_config)
+from mmptq.apis.benchmark import (PeakMemory, markdown_table,  # noqa: E402
+                                  primary_metrics)
+from mmptq.engine.checkpoint import (load_checkpoint_file,  # noqa: E402
+                                     publish_checkpoint)
+
+
+def ok(proc):
+    assert proc.returncode == 0, describe(proc)
+    return proc
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('bench'))
+    make_tiny_coco(osp.join(root, 'det'))
+    det = write_config(osp.join(root, 'mask_rcnn.py'), MASK_RCNN_CFG,
+                       root=osp.join(root, 'det'))
+    make_tiny_cls(osp.join(root, 'cls'))
+    cls = write_config(osp.join(root, 'deit.py'), DEIT_CFG,
+                       root=osp.join(root, 'cls'))
+    return SimpleNamespace(
+        root=root, det=det, cls=cls,
+        det_fp=save_fp_checkpoint(det, osp.join(root, 'det.pth')),
+        cls_fp=save_fp_checkpoint(cls, osp.join(root, 'cls.pth')))
+
+
+@pytest.fixture(scope='module')
+def bench(tiny):
+    work_dir = osp.join(tiny.root, 'work')
+    proc = ok(run_tool('benchmark', '--model', tiny.det, tiny.det_fp,
+                       '--model', tiny.cls, tiny.cls_fp, '--quant-cfg',
+                       'minmax_w8a8', 'w4a4', '--calib-samples', 2,
+                       '--num-images', 4, '--work-dir', work_dir))
+    with open(osp.join(work_dir, 'benchmark.json')) as f:
+        data = json.load(f)
+    return SimpleNamespace(proc=proc, work_dir=work_dir, rows=data['rows'],
+                           env=data['env'])
+
+
+def test_matrix_rows(bench):
+    cells = [(r['model'], r['quant'], r['bits']) for r in bench.rows]
+    assert cells == [('mask_rcnn', 'FP', 'FP'),
+                     ('mask_rcnn', 'minmax_w8a8', 'W8A8'),
+                     ('mask_rcnn', 'w4a4', 'W4A4'),
+                     ('deit', 'FP', 'FP'), ('deit', 'minmax_w8a8', 'W8A8'),
+                     ('deit', 'w4a4', 'W4A4')]
+    for row in bench.rows:
+        expected = {'APbox', 'APmask'} if row['model'] == 'mask_rcnn' \
+            else {'top-1'}
+        assert set(row['metrics']) == expected, row
+        assert row['num_images'] == 4
+        assert row['peak_mib'] > 0 and row['eval_s'] > 0
+        if row['quant'] == 'FP':
+            assert row['calib_s'] == 0 and row['eval_ratio'] == 1
+            fp = row
+        else:
+            assert row['calib_s'] > 0
+            assert row['eval_ratio'] == pytest.approx(
+                row['eval_s'] / fp['eval_s'])
+            for k, v in row['metrics'].items():
+                assert row['delta'][k] == pytest.approx(v - fp['metrics'][k])
+            assert row['counts']['quantized'].get('QuantLinear', 0) > 0
+
+
+def test_coco_metrics_in_points(bench):
+    row = bench.rows[0]
+    assert row['metrics']['APbox'] == pytest.approx(
+        100 * row['all_metrics']['coco/bbox_mAP'])
+
+
+def test_report_files(bench):
+    with open(osp.join(bench.work_dir, 'benchmark.md')) as f:
+        table = f.read()
+    assert table.startswith('| model | quant | bits | APbox | APmask | '
+                            'top-1 |')
+    assert len(table.strip().splitlines()) == 2 + 6
+    for model in ('mask_rcnn', 'deit'):
+        assert osp.getsize(osp.join(bench.work_dir,
+                                    f'benchmark_{model}.png')) > 1000
+    assert table.strip() in bench.proc.output  # printed as well
+    assert bench.env['torch'] == torch.__version__
+
+
+def test_progress_over_the_matrix(bench):
+    assert '6/6' in bench.proc.output
+
+
+def test_coco_subset_is_scored_on_its_images(tiny):
+    """--num-images N: COCO evaluation sees only those N image ids."""
+    from mmptq.apis.benchmark import ModelSpec, _restrict_coco_metrics, \
+        _test_config
+    from mmptq.apis.runner import build_runner
+    cfg = _test_config(ModelSpec('det', tiny.det, tiny.det_fp),
+                       osp.join(tiny.root, 'subset'), 3, None)
+    runner = build_runner(cfg)
+    _restrict_coco_metrics(runner)
+    metric = runner.test_loop.evaluator.metrics[0]
+    assert metric.img_ids == [1, 2, 3]
+
+
+def test_missing_inputs_are_named(tiny):
+    proc = run_tool('benchmark', '--model', tiny.cls, 'nope.pth',
+                    '--quant-cfg', 'w8a8')
+    assert proc.returncode != 0 and 'nope.pth not found' in proc.output
+    proc = run_tool('benchmark', '--model', tiny.cls, tiny.cls_fp,
+                    '--quant-cfg', 'w9a9')
+    assert proc.returncode != 0 and "unknown quantization preset 'w9a9'" \
+        in proc.output
+    proc = run_tool('benchmark', '--model', tiny.cls, tiny.cls_fp,
+                    '--quant-cfg', 'w8a8', '--cfg-options',
+                    f'test_dataloader.dataset.data_root={tiny.root}/absent')
+    assert proc.returncode != 0 and 'the test data of' in proc.output
+    proc = run_tool('benchmark', '--demo', 'yolo', '--quant-cfg', 'w8a8')
+    assert proc.returncode != 0 and "unknown demo model(s) ['yolo']" \
+        in proc.output
+
+
+def test_train_and_publish(tiny):
+    """tools/train.py trains an upstream config; --publish keeps only the
+    weights (float16 on request), which load back into the model."""
+    work_dir = osp.join(tiny.root, 'train')
+    out = osp.join(tiny.root, 'published.pth')
+    ok(run_tool('train', tiny.cls, '--work-dir', work_dir, '--cfg-options',
+                'train_cfg.max_epochs=1', 'default_hooks.checkpoint.interval=1',
+                '--publish', out, '--publish-dtype', 'float16'))
+    full = load_checkpoint_file(osp.join(work_dir, 'epoch_1.pth'))
+    slim = load_checkpoint_file(out)
+    assert set(slim) == {'state_dict', 'meta'} and 'optimizer' in full
+    assert slim['meta']['epoch'] == 1
+    assert slim['meta']['stored_dtype'] == 'torch.float16'
+    assert slim['state_dict'].keys() == full['state_dict'].keys()
+    for k, v in full['state_dict'].items():
+        got = slim['state_dict'][k]
+        if v.is_floating_point():
+            assert got.dtype == torch.float16
+            torch.testing.assert_close(got.float(), v, rtol=1e-3, atol=1e-4)
+        else:
+            assert torch.equal(got, v)
+
+
+def test_publish_rejects_non_runner_checkpoints(tmp_path):
+    src = str(tmp_path / 'raw.pth')
+    torch.save({'weight': torch.ones(2)}, src)
+    with pytest.raises(KeyError, match='no "state_dict"'):
+        publish_checkpoint(src, str(tmp_path / 'out.pth'))
+
+
+def test_primary_metrics():
+    got = primary_metrics({'coco/bbox_mAP': 0.412, 'coco/bbox_mAP_50': 0.6,
+                           'coco/segm_mAP': 0.38})
+    assert got == pytest.approx({'APbox': 41.2, 'APmask': 38.0})
+    assert primary_metrics({'mIoU': 71.5, 'aAcc': 90.0}) == {'mIoU': 71.5}
+    assert primary_metrics({'accuracy/top1': 97.25}) == {'top-1': 97.25}
+    # an evaluator mmptq does not know: every scalar
+    assert primary_metrics({'f1': 0.5, 'name': 'x'}) == {'f1': 0.5}
+
+
+def test_markdown_table():
+    rows = [dict(model='m', quant='FP', bits='FP', metrics={'top-1': 90.0},
+                 delta={'top-1': 0.0}, calib_s=0.0, eval_s=2.0,
+                 eval_ratio=1.0, peak_mib=100.4),
+            dict(model='m', quant='w4a4', bits='W4A4',
+                 metrics={'top-1': 80.5}, delta={'top-1': -9.5},
+                 calib_s=3.25, eval_s=5.0, eval_ratio=2.5, peak_mib=120.6)]
+    assert markdown_table(rows).splitlines() == [
+        '| model | quant | bits | top-1 | calib s | eval s | eval / FP | '
+        'peak MiB |',
+        '|---|---|---|---|---|---|---|---|',
+        '| m | FP | FP | 90.00 | 0.0 | 2.0 | 1.00 | 100 |',
+        '| m | w4a4 | W4A4 | 80.50 (-9.50) | 3.2 | 5.0 | 2.50 | 121 |']
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as mem:
+        start = PeakMemory.rss_mib()
+        x = torch.ones(64, 2**20)  # 256 MiB, touched
+    assert mem.peak_mib - start > 200
+    del x

@@ -1,0 +1,62 @@
+"""The shipped demo models (configs/demo, checkpoints/demo) on the built
+MNIST data: they load strictly, are small, reach their FP accuracy, and
+keep it at W8A8 (the headline claim of the embedded default)."""
+import os.path as osp
+
+import pytest
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmseg')
+pytest.importorskip('mmpretrain')
+
+from mmptq.apis.analysis import load_config  # noqa: E402
+from mmptq.apis.benchmark import (DEMO_MODELS, REPO_ROOT,  # noqa: E402
+                                  demo_models, run_benchmark)
+
+DATA = osp.join(REPO_ROOT, 'data')
+
+
+def built(name):
+    if not osp.isfile(osp.join(DATA, name, 'manifest.json')):
+        pytest.fail(f'{DATA}/{name} is missing: `make test` builds it '
+                    f'(make data)')
+
+
+@pytest.mark.parametrize('name', list(DEMO_MODELS))
+def test_checkpoint_matches_config(name):
+    """Every key of the model is in the checkpoint and vice versa."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    from mmptq.engine.checkpoint import load_checkpoint_file
+    spec, = demo_models([name])
+    cfg = load_config(spec.config)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    state = load_checkpoint_file(spec.checkpoint)['state_dict']
+    assert set(state) == set(model.state_dict())
+    model.load_state_dict(state, strict=True)
+
+
+def test_checkpoints_are_small():
+    total = sum(osp.getsize(s.checkpoint) for s in demo_models())
+    assert total <= 20 * 2**20, f'{total / 2**20:.1f} MiB'
+
+
+# (demo model, images evaluated, FP metric, its lower bound)
+FP_FLOOR = [('deit', 500, 'top-1', 95.0),
+            ('segformer', 100, 'mIoU', 60.0),
+            ('retinanet_r18', 100, 'APbox', 40.0),
+            ('mask-rcnn_swin', 100, 'APbox', 40.0)]
+
+
+@pytest.mark.parametrize('name,num,metric,floor', FP_FLOOR)
+def test_fp_accuracy_and_w8a8(name, num, metric, floor, tmp_path):
+    """The FP checkpoint reaches a meaningful metric on the first ``num``
+    val images and W8A8 (8 calibration images) stays within 1.5 points."""
+    built({'deit': 'mnist_cls', 'segformer': 'mnist_seg'}.get(
+        name, 'mnist_det'))
+    fp, w8a8 = run_benchmark(demo_models([name]), ['w8a8'], str(tmp_path),
+                             num_images=num, calib_samples=8)
+    assert fp['metrics'][metric] >= floor, fp['metrics']
+    for key, value in fp['metrics'].items():
+        assert w8a8['metrics'][key] >= value - 1.5, (key, fp, w8a8)

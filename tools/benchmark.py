@@ -1,0 +1,68 @@
+"""Benchmark models x quantization configs: metric, delta to FP, cost.
+
+    python tools/benchmark.py --demo --quant-cfg minmax_w8a8 w8a8 w6a6 w4a4
+    python tools/benchmark.py --model CONFIG CHECKPOINT [--model ...] \\
+        --quant-cfg w8a8 w4a4 --num-images 500
+
+Each model's FP checkpoint is evaluated once; each quant config (preset
+name or file) is calibrated on a fresh copy and evaluated with the
+config's evaluator. Writes benchmark.md, benchmark.json and one plot per
+model into the work dir. A thin CLI over ``mmptq.apis.benchmark``.
+"""
+import argparse
+
+from mmengine.config import DictAction
+from mmengine.logging import print_log
+
+import mmptq  # noqa: F401  (registers mmptq's loops)
+from mmptq.apis.benchmark import (DEMO_MODELS, ModelSpec, demo_models,
+                                  markdown_table, run_benchmark,
+                                  write_report)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', nargs=2, action='append', default=[],
+                        metavar=('CONFIG', 'CHECKPOINT'),
+                        help='a config and its FP checkpoint (repeatable)')
+    parser.add_argument('--demo', nargs='*', metavar='NAME',
+                        help=f'the demo models (all, or some of '
+                        f'{list(DEMO_MODELS)})')
+    parser.add_argument('--quant-cfg', nargs='+', required=True,
+                        help='preset names or quant_cfg files')
+    parser.add_argument('--num-images', type=int,
+                        help='evaluate the first N test images only')
+    parser.add_argument('--calib-samples', type=int,
+                        help='number of calibration images')
+    parser.add_argument('--work-dir', default='work_dirs/benchmark')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='overrides for every config, key=value')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='load checkpoints with weights_only=False '
+                        '(only for files you trust)')
+    args = parser.parse_args()
+    if not args.model and args.demo is None:
+        parser.error('give --model CONFIG CHECKPOINT and/or --demo')
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    models = [ModelSpec(name=config.rsplit('/', 1)[-1].rsplit('.', 1)[0],
+                        config=config, checkpoint=ckpt)
+              for config, ckpt in args.model]
+    if args.demo is not None:
+        models += demo_models(args.demo)
+    rows = run_benchmark(models, args.quant_cfg, args.work_dir,
+                         num_images=args.num_images,
+                         calib_samples=args.calib_samples,
+                         cfg_options=args.cfg_options,
+                         unsafe_load=args.unsafe_load)
+    paths = write_report(rows, args.work_dir)
+    print_log('\n' + markdown_table(rows), logger='current')
+    print_log(f'mmptq benchmark: wrote {", ".join(paths.values())}',
+              logger='current')
+
+
+if __name__ == '__main__':
+    main()
