@@ -1,6 +1,7 @@
 """Presets under configs/quant and the example configs under configs/."""
 import glob
 import os.path as osp
+import re
 
 import pytest
 from mmengine.config import Config
@@ -8,7 +9,10 @@ from mmengine.config import Config
 from mmptq.apis import list_presets, load_quant_cfg, resolve_quant_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-EXAMPLES = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '*.py')))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '**', '*.py'),
+                          recursive=True))
+#: configs that quantize (file names end with the preset: ..._w4a4.py)
+EXAMPLES = [p for p in CONFIGS if re.search(r'_w\d+a\d+\.py$', p)]
 
 
 def test_presets_are_listed_and_valid():
@@ -38,6 +42,21 @@ def test_baselines_use_their_observer():
         assert load_quant_cfg(name)['act']['observer']['type'] == observer
 
 
+def test_repq_vit_presets():
+    for name, bits in (('repq-vit_w4a4', 4), ('repq-vit_w6a6', 6)):
+        cfg = resolve_quant_cfg(load_quant_cfg(name))
+        assert (cfg['w_bits'], cfg['a_bits']) == (bits, bits)
+        assert cfg['transforms'] == [dict(type='RepQReparam')]
+        assert cfg['weight']['observer']['type'] == 'PercentileSearchObserver'
+        assert cfg['act']['observer']['type'] == 'PercentileSearchObserver'
+        assert cfg['attn']['softmax']['type'] == 'LogSqrt2Quantizer'
+        assert cfg['overrides'][0]['a_bits'] == 8  # image input
+    ablation = resolve_quant_cfg(load_quant_cfg('repq-vit_w4a4_no-reparam'))
+    assert ablation['transforms'] == []
+    assert ablation['weight'] == resolve_quant_cfg(
+        load_quant_cfg('repq-vit_w4a4'))['weight']
+
+
 def test_preset_path_and_unknown_name(tmp_path):
     path = tmp_path / 'mine.py'
     path.write_text("_base_ = ['%s']\nquant_cfg = dict(a_bits=6)\n" %
@@ -56,3 +75,19 @@ def test_example_configs(path):
     assert cfg.test_cfg['type'] == 'mmptq.QuantTestLoop'
     resolve_quant_cfg(cfg.quant_cfg.to_dict())
     assert cfg.default_scope in ('mmdet', 'mmseg', 'mmpretrain')
+
+
+FP_CONFIGS = [p for p in CONFIGS if p not in EXAMPLES]
+
+
+@pytest.mark.parametrize('path', FP_CONFIGS,
+                         ids=[osp.basename(p) for p in FP_CONFIGS])
+def test_fp_configs_build(path):
+    """FP configs mmptq adds for the papers' rows build their model."""
+    import importlib
+
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(path)
+    init_default_scope(cfg.default_scope)
+    registry = importlib.import_module(f'{cfg.default_scope}.registry')
+    assert registry.MODELS.build(cfg.model) is not None

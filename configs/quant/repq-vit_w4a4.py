@@ -1,0 +1,30 @@
+# RepQ-ViT (Li et al., ICCV 2023) at W4A4:
+#  - post-LayerNorm activations calibrated per channel, then reparameterized
+#    into per-tensor quantizers folded into LayerNorm and the next Linear
+#    (RepQReparam); the model is calibrated again afterwards;
+#  - post-Softmax: log-sqrt2 quantizer;
+#  - uniform asymmetric quantizers whose clip range is the best of the
+#    {0.999, 0.9999, 0.99999} percentiles by MSE: weights per output channel,
+#    other activations per tensor;
+#  - every Conv / Linear of backbone, neck and heads and both attention
+#    matmuls are quantized, the image input of the patch embedding / stem at
+#    8 bits; LayerNorm, Softmax, GELU and residual adds stay FP;
+#  - sequential calibration (each layer sees quantized inputs).
+_base_ = ['./w4a4.py']
+quant_cfg = dict(
+    weight=dict(
+        type='UniformQuantizer',
+        granularity='channel',
+        observer=dict(type='PercentileSearchObserver')),
+    act=dict(
+        type='UniformQuantizer',
+        granularity='tensor',
+        observer=dict(type='PercentileSearchObserver')),
+    attn=dict(
+        matmul=True,
+        softmax=dict(
+            type='LogSqrt2Quantizer',
+            observer=dict(type='PercentileSearchObserver'))),
+    transforms=[dict(type='RepQReparam')],
+    calib=dict(mode='sequential'),
+)
