@@ -33,7 +33,9 @@ def test_real_config_w8a8(config, size, hosts):
     model, scope = build_random_model(config)
     calib = [synthetic_batch(scope, 1, size, seed=i) for i in range(4)]
     test = synthetic_batch(scope, 2, size, seed=99)
-    sqnr, summary = quantization_sqnr(model, scope, W8A8, calib, test)
+    result = quantization_sqnr(model, scope, W8A8, calib, test)
+    sqnr, summary = result.sqnr, result.summary
+    assert result.calib_s > 0 and result.peak_mib > 0
     counts = summary.counts()
     # every attention: Q·Kᵀ, softmax and attn·V (or one SDPA) quantized
     n_attn = counts.get('softmax', {}).get('quantized', 0) + \

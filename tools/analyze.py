@@ -5,7 +5,8 @@
 builds each model with random weights (no download), calibrates on
 image-like synthetic pictures, and prints the SQNR (dB) of the quantized
 model against FP (logits; backbone + neck features for detectors) and the
-coverage of the quantized ops. A thin CLI over ``mmptq.apis.analysis``.
+coverage of the quantized ops, with the seconds and peak memory that
+calibration took. A thin CLI over ``mmptq.apis.analysis``.
 """
 import argparse
 import json
@@ -41,19 +42,22 @@ def main() -> None:
         test = synthetic_batch(scope, 2, tuple(args.size), seed=10_000)
         row = dict(config=config)
         for name in args.quant_cfg:
-            sqnr, summary = quantization_sqnr(model, scope,
-                                              load_quant_cfg(name), calib,
-                                              test)
-            row[name] = round(sqnr, 2)
+            result = quantization_sqnr(model, scope, load_quant_cfg(name),
+                                       calib, test)
+            summary = result.summary
+            row[name] = round(result.sqnr, 2)
+            row[f'{name} calib s'] = round(result.calib_s, 1)
+            row[f'{name} peak MiB'] = round(result.peak_mib)
         row['coverage'] = summary.counts()
         row['fp_ops'] = [(r['name'], r['reason']) for r in summary.fp_rows()]
         rows.append(row)
-    header = '| config | ' + ' | '.join(args.quant_cfg) + ' |'
-    print(header)
-    print('|' + '---|' * (len(args.quant_cfg) + 1))
+    print('| config | ' + ' | '.join(
+        f'{n} dB | {n} calib s | {n} peak MiB' for n in args.quant_cfg) + ' |')
+    print('|' + '---|' * (3 * len(args.quant_cfg) + 1))
     for row in rows:
-        print(f"| {row['config']} | " +
-              ' | '.join(f'{row[n]:.1f}' for n in args.quant_cfg) + ' |')
+        print(f"| {row['config']} | " + ' | '.join(
+            f"{row[n]:.1f} | {row[f'{n} calib s']:.1f} | "
+            f"{row[f'{n} peak MiB']}" for n in args.quant_cfg) + ' |')
     if args.coverage:
         for row in rows:
             print(f"\n{row['config']}: {row['coverage']}")

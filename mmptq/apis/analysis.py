@@ -3,6 +3,8 @@ feed image-like synthetic batches, and measure how far the quantized model
 is from FP (SQNR of the logits or, for detectors, the neck features)."""
 import copy
 import math
+import time
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -108,11 +110,27 @@ def sqnr_db(ref: Sequence[Tensor], out: Sequence[Tensor]) -> float:
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
+@dataclass
+class SQNRResult:
+    """``quantization_sqnr``'s answer: the SQNR (dB), the summary, and the
+    cost of ``quantize_model``: seconds and peak memory (MiB; process RSS
+    on CPU, allocated memory on CUDA)."""
+    sqnr: float
+    summary: QuantSummary
+    calib_s: float
+    peak_mib: float
+
+
 def quantization_sqnr(model: nn.Module, scope: str, quant_cfg: dict,
-                      calib: List[dict], test: dict
-                      ) -> Tuple[float, QuantSummary]:
+                      calib: List[dict], test: dict) -> SQNRResult:
     """SQNR (dB) of ``model`` quantized with ``quant_cfg`` on ``calib``
     against the FP model, measured on the batch ``test``."""
+    from .benchmark import PeakMemory
     ref = tensor_outputs(model, scope, test)
-    qmodel, summary = quantize_model(copy.deepcopy(model), quant_cfg, calib)
-    return sqnr_db(ref, tensor_outputs(qmodel, scope, test)), summary
+    qmodel = copy.deepcopy(model)
+    start = time.perf_counter()
+    with PeakMemory(next(model.parameters()).is_cuda) as mem:
+        qmodel, summary = quantize_model(qmodel, quant_cfg, calib)
+    seconds = time.perf_counter() - start
+    return SQNRResult(sqnr_db(ref, tensor_outputs(qmodel, scope, test)),
+                      summary, seconds, mem.peak_mib)

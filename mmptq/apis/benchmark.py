@@ -85,7 +85,7 @@ class PeakMemory:
     to ``ru_maxrss``, the peak of the whole process, where /proc is
     missing)."""
 
-    def __init__(self, cuda: bool = False, interval: float = 0.005) -> None:
+    def __init__(self, cuda: bool = False, interval: float = 0.01) -> None:
         self.cuda = cuda
         self.interval = interval
         self.peak_mib = 0.0
