@@ -234,6 +234,12 @@ def describe(proc: subprocess.CompletedProcess, tail: int = 3000) -> str:
             f'{proc.output[-tail:]}')
 
 
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The tool succeeded (else: its output in the assertion message)."""
+    assert proc.returncode == 0, describe(proc)
+    return proc
+
+
 def results(work_dir: str) -> dict:
     with open(osp.join(work_dir, 'mmptq_results.json')) as f:
         return json.load(f)

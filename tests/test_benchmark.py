@@ -10,18 +10,13 @@ import torch
 pytest.importorskip('mmdet')
 pytest.importorskip('mmpretrain')
 
-from e2e_utils import (DEIT_CFG, MASK_RCNN_CFG, describe,  # noqa: E402
-                       make_tiny_cls, make_tiny_coco, run_tool,
-                       save_fp_checkpoint, write_config)
+from e2e_utils import (DEIT_CFG, MASK_RCNN_CFG, make_tiny_cls,  # noqa: E402
+                       make_tiny_coco, ok, run_tool, save_fp_checkpoint,
+                       write_config)
 from mmptq.apis.benchmark import (PeakMemory, markdown_table,  # noqa: E402
                                   primary_metrics)
 from mmptq.engine.checkpoint import (load_checkpoint_file,  # noqa: E402
                                      publish_checkpoint)
-
-
-def ok(proc):
-    assert proc.returncode == 0, describe(proc)
-    return proc
 
 
 @pytest.fixture(scope='module')

@@ -17,17 +17,12 @@ pytest.importorskip('mmseg')
 pytest.importorskip('mmpretrain')
 
 from e2e_utils import (DEIT_CFG, MASK_RCNN_CFG, REPO_ROOT,  # noqa: E402
-                       SEGFORMER_CFG, describe, make_tiny_cls,
+                       SEGFORMER_CFG, describe, ok, make_tiny_cls,
                        make_tiny_coco, make_tiny_seg, quantized_kinds,
                        results, run_tool, save_fp_checkpoint, write_config)
 
 CALIBRATING = 'calibrating'
 TABLE_ROW = r'{key}\s+-?\d+\.\d+\s+-?\d+\.\d+'
-
-
-def ok(proc):
-    assert proc.returncode == 0, describe(proc)
-    return proc
 
 
 def failed(proc, *phrases):

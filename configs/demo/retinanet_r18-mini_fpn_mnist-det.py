@@ -35,7 +35,7 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_evaluator = dict(metric='bbox')
 test_evaluator = val_evaluator
 
-max_epochs = 3
+max_epochs = 12
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
