@@ -226,6 +226,7 @@ def run_benchmark(models: Sequence[ModelSpec],
         cfg = _test_config(spec, work_dir, num_images, cfg_options)
         runner = build_runner(cfg)
         _restrict_coco_metrics(runner)
+        runner.call_hook('before_run')  # as Runner.test(): log files, ...
         ckpt = load_checkpoint_file(spec.checkpoint, unsafe=unsafe_load)
         load_state_checked(runner.model, ckpt.get('state_dict', ckpt),
                            spec.checkpoint)
@@ -261,6 +262,7 @@ def run_benchmark(models: Sequence[ModelSpec],
                 peak_mib=max(mem.peak_mib, eval_peak),
                 counts=summary.counts(), **common))
             bar.update()
+        runner.call_hook('after_run')
         del runner, fp_model
     return rows
 
