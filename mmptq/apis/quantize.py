@@ -13,7 +13,8 @@ from mmptq.nn import (AttentionQuantizer, QuantConv1d, QuantConv2d,
                       apply_adapters, attention_sites, record_calls)
 from mmptq.nn.attention import build_site
 from mmptq.nn.modules import QuantWeightMixin
-from mmptq.quantizers import BaseQuantizer
+from mmptq.quantizers import (BaseQuantizer, PerCallQuantizer,
+                              reset_call_counters)
 from mmptq.registry import HOOKS, MODEL_TRANSFORMS, QUANTIZERS, build_checked
 from mmptq.transforms import TransformContext
 from .config import LayerRules, resolve_quant_cfg
@@ -79,23 +80,36 @@ def quantizers(model: nn.Module) -> List[BaseQuantizer]:
     return [m for m in model.modules() if isinstance(m, BaseQuantizer)]
 
 
-def discover(model: nn.Module, batch, run: Callable) -> Dict[str, list]:
-    """Apply the adapters, then record the matmul / softmax / SDPA calls of
-    every module on one FP forward of ``batch`` (see ``prepare``)."""
+def discover(model: nn.Module, batch,
+             run: Callable) -> Tuple[Dict[str, list], Dict[str, int]]:
+    """Apply the adapters, then run one FP forward of ``batch`` and return
+    the matmul / softmax / SDPA calls of every module and, for the modules
+    that run more than once per forward of the model (a head shared by the
+    FPN levels), their number of calls (see ``prepare``)."""
     for name, adapter in apply_adapters(model).items():
         print_log(f'mmptq: {name} → {adapter}', logger='current')
-    return record_calls(model, lambda: run(batch))
+    counts: Dict[str, int] = {}
+    calls = record_calls(model, lambda: run(batch), counts)
+    forwards = max(counts.get('', 1), 1)  # of the root: once per batch
+    return calls, {name: n // forwards for name, n in counts.items()
+                   if name and n // forwards > 1}
 
 
 def prepare(model: nn.Module,
             cfg: dict,
             calls: Dict[str, list],
-            calibrate_weights: bool = True) -> QuantSummary:
+            calibrate_weights: bool = True,
+            call_counts: Optional[Dict[str, int]] = None) -> QuantSummary:
     """Wrap every quantizable op according to the resolved ``cfg`` and the
     recorded attention ``calls`` (from ``discover``, or saved with a
-    quantized checkpoint, then without ``calibrate_weights``). Returns the
-    per-layer summary, which also keeps ``cfg`` and ``calls``."""
-    summary = QuantSummary(quant_cfg=cfg, calls=calls)
+    quantized checkpoint, then without ``calibrate_weights``). An op that
+    runs K > 1 times per forward (``call_counts``) gets a
+    ``PerCallQuantizer`` input quantizer (one per call; the weight
+    quantizer is shared). Returns the per-layer summary, which also keeps
+    ``cfg``, ``calls`` and ``call_counts``."""
+    call_counts = dict(call_counts or {})
+    summary = QuantSummary(quant_cfg=cfg, calls=calls,
+                           call_counts=call_counts)
     rules = LayerRules(cfg)
 
     for name, mod in list(model.named_modules()):
@@ -114,7 +128,13 @@ def prepare(model: nn.Module,
         new.train(mod.training)
         wq = _quantizer(rule['weight'], rule['w_bits'], f'{name}.weight',
                         ch_axis=wrapper.weight_ch_axis)
-        aq = _quantizer(rule['act'], rule['a_bits'], f'{name}.input')
+        if call_counts.get(name, 1) > 1:
+            aq = PerCallQuantizer([
+                _quantizer(rule['act'], rule['a_bits'], f'{name}.input@{k}')
+                for k in range(call_counts[name])
+            ])
+        else:
+            aq = _quantizer(rule['act'], rule['a_bits'], f'{name}.input')
         new.attach(wq, aq)
         if calibrate_weights:
             new.calibrate_weight()
@@ -164,6 +184,9 @@ def prepare(model: nn.Module,
             summary.add_attention(op_name, role, made)
         AttentionQuantizer(host_name, [c.kind for c in host_calls],
                            sites).attach_to(model.get_submodule(host_name))
+    if any(isinstance(m, PerCallQuantizer) for m in model.modules()) and \
+            reset_call_counters not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(reset_call_counters)
     for regex in rules.unused():
         print_log(f'mmptq: override name={regex!r} matched no layer',
                   logger='current', level=30)
@@ -291,7 +314,7 @@ def quantize_model(
     model.eval()
     run = run_batch(model)
     first = next(iter(batches))
-    calls = discover(model, first, run)
+    calls, call_counts = discover(model, first, run)
     mode = cfg['calib']['mode']
 
     def recalibrate(fixed: Iterable[nn.Module]) -> None:
@@ -307,7 +330,7 @@ def quantize_model(
                            recalibrate=recalibrate)
     for transform in transforms:
         transform.before_wrap(model, ctx)
-    summary = prepare(model, cfg, calls)
+    summary = prepare(model, cfg, calls, call_counts=call_counts)
     for transform in transforms:
         transform.before_calibration(model, ctx)
     stage = stage_callback or (lambda name: None)

@@ -26,6 +26,7 @@ def quant_meta(summary: QuantSummary) -> Dict:
                         out_shape=list(c.out_shape)) for c in calls]
             for host, calls in summary.calls.items()
         },
+        call_counts=dict(summary.call_counts),
         summary=[dict(r) for r in summary],
         transforms=[dict(t) for t in summary.transforms])
 
@@ -59,7 +60,8 @@ def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
             lin = model.get_submodule(name)
             lin.bias = nn.Parameter(lin.weight.new_zeros(lin.out_features))
     summary = prepare(model, resolve_quant_cfg(meta['quant_cfg']), calls,
-                      calibrate_weights=False)
+                      calibrate_weights=False,
+                      call_counts=meta.get('call_counts'))
     summary.transforms = list(meta.get('transforms', []))
     freeze(model)
     return summary

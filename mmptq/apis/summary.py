@@ -13,10 +13,13 @@ class QuantSummary(list):
     def __init__(self,
                  rows: Iterable[dict] = (),
                  quant_cfg: Optional[dict] = None,
-                 calls: Optional[Dict[str, list]] = None) -> None:
+                 calls: Optional[Dict[str, list]] = None,
+                 call_counts: Optional[Dict[str, int]] = None) -> None:
         super().__init__(rows)
         self.quant_cfg = quant_cfg
         self.calls = calls or {}
+        #: ops run K > 1 times per forward: K (one input quantizer per call)
+        self.call_counts = dict(call_counts or {})
         #: what model transforms did (dict rows: transform, target,
         #: consumers, mode, reason, ...)
         self.transforms: List[dict] = []

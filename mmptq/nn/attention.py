@@ -73,16 +73,21 @@ class _RecordMode(TorchFunctionMode):
         return out
 
 
-def record_calls(model: nn.Module, run: Callable[[], object]
+def record_calls(model: nn.Module, run: Callable[[], object],
+                 counts: Optional[Dict[str, int]] = None
                  ) -> Dict[str, List[Call]]:
     """Run ``run()`` once and return, per module name, the matmul / softmax
-    / SDPA calls made directly by that module in its first forward."""
+    / SDPA calls made directly by that module in its first forward. With
+    ``counts``, also fill it with the number of forwards of every module
+    during the run."""
     stack: List[nn.Module] = []
     records: Dict[nn.Module, HostRecord] = {}
     names = {m: n for n, m in model.named_modules()}
 
     def pre(mod, args):
         stack.append(mod)
+        if counts is not None and mod in names:
+            counts[names[mod]] = counts.get(names[mod], 0) + 1
 
     def post(mod, args, out):
         stack.pop()

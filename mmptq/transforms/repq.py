@@ -106,8 +106,9 @@ class RepQReparam(BaseTransform):
                 if not isinstance(lin, QuantLinear) or q is None:
                     reason = f'{name} is not quantized'
                 elif not isinstance(q, UniformQuantizer) or q.symmetric:
+                    sym = getattr(q, 'symmetric', False)
                     reason = (f'{name}.input is {type(q).__name__}'
-                              f'{" (symmetric)" if q.symmetric else ""}; '
+                              f'{" (symmetric)" if sym else ""}; '
                               f'RepQReparam needs an asymmetric '
                               f'UniformQuantizer')
             if reason:
