@@ -22,6 +22,7 @@ def make_tiny_coco(root: str, num_images: int = 6, size: int = 64,
                    seed: int = 0) -> str:
     """Images with 1-2 filled rectangles of 2 classes and a COCO json with
     boxes and polygon masks; the same file serves as train and val."""
+    os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
     images, anns = [], []
     for i in range(num_images):
