@@ -217,9 +217,11 @@ def sync_observers(qs: List[BaseQuantizer]) -> None:
 
 def calibrate(model: nn.Module, batches: Iterable, run: Callable,
               mode: str = 'sequential',
-              fixed: Iterable[nn.Module] = ()) -> None:
+              fixed: Iterable[nn.Module] = (),
+              reset: bool = False) -> None:
     """Feed the calibration batches with every activation quantizer
-    observing, except the ``fixed`` ones (they keep their parameters).
+    observing, except the ``fixed`` ones (they keep their parameters);
+    with ``reset``, the observing ones first forget what they saw.
 
     sequential: quantization is on while observing, so every layer sees the
     output of already-quantized layers (RepQ-ViT's order); parallel: the
@@ -253,6 +255,8 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
     for q in qs:
         q.enabled = mode == 'sequential'
         q.observing = id(q) not in weights
+        if reset and q.observing:
+            q.observer.reset()
     bar = ProgressBar(len(batches)) if hasattr(batches, '__len__') else None
     with torch.no_grad():
         for batch in batches:
@@ -317,14 +321,10 @@ def quantize_model(
     calls, call_counts = discover(model, first, run)
     mode = cfg['calib']['mode']
 
-    def recalibrate(fixed: Iterable[nn.Module]) -> None:
-        fixed_ids = {id(q) for q in fixed}
-        for q in quantizers(model):
-            if id(q) not in fixed_ids and q.observer is not None:
-                q.observer.reset()
-        print_log(f'mmptq: calibrating again ({len(fixed_ids)} quantizers '
+    def recalibrate(fixed: List[nn.Module]) -> None:
+        print_log(f'mmptq: calibrating again ({len(fixed)} quantizers '
                   f'fixed)', logger='current')
-        calibrate(model, batches, run, mode, fixed)
+        calibrate(model, batches, run, mode, fixed, reset=True)
 
     ctx = TransformContext(run_batch=lambda: run(first),
                            recalibrate=recalibrate)

@@ -1,6 +1,6 @@
 """Model transforms: rewrites that run at stages of ``quantize_model``."""
 from dataclasses import dataclass
-from typing import Callable, Iterable, List
+from typing import Callable, List
 
 from torch import nn
 
@@ -16,7 +16,7 @@ class TransformContext:
             (which keep their parameters).
     """
     run_batch: Callable[[], object]
-    recalibrate: Callable[[Iterable[nn.Module]], None]
+    recalibrate: Callable[[List[nn.Module]], None]
 
 
 class BaseTransform:

@@ -68,7 +68,6 @@ class _Tags:
 
     def __init__(self) -> None:
         self.names: Dict[int, str] = {}
-        self.sources: Dict[str, Tensor] = {}
 
     def add(self, t: Tensor, name: str) -> None:
         key = id(t)
