@@ -29,7 +29,11 @@ from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
 import mmptq
+from mmptq.engine.checkpoint import install_safe_loader, load_checkpoint_file
+from mmptq.engine.loops import (CalibrationLoop, load_state_checked,
+                                plain_metrics)
 from .analysis import load_config
+from .config import resolve_quant_cfg
 from .runner import build_runner, merge_quant_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -182,12 +186,8 @@ def _evaluate(runner) -> tuple:
     start = time.perf_counter()
     with PeakMemory(cuda) as mem:
         metrics = runner.test_loop.run()
-    return (_plain(metrics), time.perf_counter() - start, mem.peak_mib)
-
-
-def _plain(metrics: dict) -> dict:
-    return {k: v.item() if hasattr(v, 'item') and getattr(v, 'ndim', 1) == 0
-            else v for k, v in metrics.items()}
+    return (plain_metrics(metrics), time.perf_counter() - start,
+            mem.peak_mib)
 
 
 def bits_label(quant_cfg: dict) -> str:
@@ -214,11 +214,6 @@ def run_benchmark(models: Sequence[ModelSpec],
         cfg_options: overrides applied to every config.
         unsafe_load: load checkpoints with ``weights_only=False``.
     """
-    from mmptq.apis.config import resolve_quant_cfg
-    from mmptq.engine.checkpoint import install_safe_loader, \
-        load_checkpoint_file
-    from mmptq.engine.loops import CalibrationLoop, load_state_checked
-
     install_safe_loader(unsafe_load)
     rows: List[dict] = []
     bar = ProgressBar(len(models) * (1 + len(quant_cfgs)))

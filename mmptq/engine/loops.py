@@ -262,8 +262,8 @@ class QuantTestLoop(TestLoop):
         print_log(f'mmptq: quantized ops {summary.counts()}',
                   logger='current')
         result = dict(
-            metrics=_plain(metrics),
-            fp_metrics=_plain(fp_metrics),
+            metrics=plain_metrics(metrics),
+            fp_metrics=plain_metrics(fp_metrics),
             quant_cfg=summary.quant_cfg,
             summary=list(summary),
             timings=timings,
@@ -275,7 +275,7 @@ class QuantTestLoop(TestLoop):
         print_log(f'mmptq: results written to {path}', logger='current')
 
 
-def _plain(metrics: Optional[dict]) -> Optional[dict]:
+def plain_metrics(metrics: Optional[dict]) -> Optional[dict]:
     """Metrics as JSON numbers: evaluators may return numpy or torch
     scalars (mmseg's IoUMetric does), which ``json`` would write as text."""
     if metrics is None:
