@@ -18,12 +18,18 @@ DEFAULT_QUANT_CFG: Dict = dict(
         type='UniformQuantizer',
         granularity='tensor',
         observer=dict(type='PercentileSearchObserver')),
+    # input quantizer of every LayerNorm (at a_bits), e.g. FQ-ViT's
+    # dict(type='PTFQuantizer'); None: LayerNorm stays FP
+    norm=None,
     attn=dict(
         matmul=True,
         softmax=dict(
             type='LogSqrt2Quantizer',
             observer=dict(type='PercentileSearchObserver')),
-        bits=None),
+        # bits of the matmul operands and the softmax (default: a_bits);
+        # softmax_bits: of the softmax alone (FQ-ViT's Attn4)
+        bits=None,
+        softmax_bits=None),
     transforms=[],
     reconstruction=None,
     overrides=[],
@@ -67,8 +73,12 @@ def resolve_quant_cfg(quant_cfg: Optional[dict]) -> dict:
             cfg[key] = copy.deepcopy(value)
     check_bits(cfg['w_bits'], 'quant_cfg.w_bits')
     check_bits(cfg['a_bits'], 'quant_cfg.a_bits')
-    if cfg['attn'].get('bits') is not None:
-        check_bits(cfg['attn']['bits'], 'quant_cfg.attn.bits')
+    for key in ('bits', 'softmax_bits'):
+        if cfg['attn'].get(key) is not None:
+            check_bits(cfg['attn'][key], f'quant_cfg.attn.{key}')
+    if cfg['norm'] is not None and not isinstance(cfg['norm'], dict):
+        raise ValueError(f"quant_cfg.norm must be a quantizer dict or None, "
+                         f"got {cfg['norm']!r}")
     if cfg['calib']['mode'] not in CALIB_MODES:
         raise ValueError(f"quant_cfg.calib.mode={cfg['calib']['mode']!r} is "
                          f'not one of {CALIB_MODES}')

@@ -9,8 +9,9 @@ from mmengine.utils import ProgressBar
 from torch import nn
 
 from mmptq.nn import (AttentionQuantizer, QuantConv1d, QuantConv2d,
-                      QuantConv3d, QuantConvTranspose2d, QuantLinear,
-                      apply_adapters, attention_sites, record_calls)
+                      QuantConv3d, QuantConvTranspose2d, QuantLayerNorm,
+                      QuantLinear, apply_adapters, attention_sites,
+                      record_calls)
 from mmptq.nn.attention import build_site
 from mmptq.nn.modules import QuantWeightMixin
 from mmptq.quantizers import (BaseQuantizer, PerCallQuantizer,
@@ -29,20 +30,24 @@ WRAPPERS: Dict[type, type] = {
     nn.Conv3d: QuantConv3d,
     nn.ConvTranspose2d: QuantConvTranspose2d,
 }
+#: norms whose input ``quant_cfg.norm`` quantizes (FQ-ViT's PTF)
+NORM_WRAPPERS: Dict[type, type] = {nn.LayerNorm: QuantLayerNorm}
 #: subclasses whose own forward is known to compute the parent's function
 EQUIVALENT_FORWARD = ('mmcv.cnn.bricks.wrappers',)
 
 
-def _wrapper_for(mod: nn.Module) -> Tuple[Optional[type], str]:
+def _wrapper_for(mod: nn.Module,
+                 wrappers: Dict[type, type] = WRAPPERS
+                 ) -> Tuple[Optional[type], str]:
     """(quantized class, '') or (None, reason it stays FP)."""
-    if isinstance(mod, QuantWeightMixin):
+    if isinstance(mod, (QuantWeightMixin, QuantLayerNorm)):
         return None, 'already quantized'
     for base in type(mod).__mro__:
-        if base in WRAPPERS:
+        if base in wrappers:
             same = type(mod).forward is base.forward or \
                 type(mod).__module__ in EQUIVALENT_FORWARD
             if same:
-                return WRAPPERS[base], ''
+                return wrappers[base], ''
             return None, (f'{type(mod).__name__} overrides the forward of '
                           f'{base.__name__}')
     return None, f'no quantized op for {type(mod).__name__}'
@@ -74,6 +79,17 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def _quantizer(cfg: dict, bits: int, name: str, **defaults) -> nn.Module:
     args = {**defaults, **cfg, 'bits': bits, 'name': name}
     return build_checked(QUANTIZERS, args, name)
+
+
+def _input_quantizer(cfg: dict, bits: int, name: str,
+                     calls: int = 1) -> nn.Module:
+    """The input quantizer of an op; one per call (``PerCallQuantizer``)
+    for an op that runs ``calls`` > 1 times per forward."""
+    if calls > 1:
+        return PerCallQuantizer([
+            _quantizer(cfg, bits, f'{name}.input@{k}') for k in range(calls)
+        ])
+    return _quantizer(cfg, bits, f'{name}.input')
 
 
 def quantizers(model: nn.Module) -> List[BaseQuantizer]:
@@ -128,18 +144,30 @@ def prepare(model: nn.Module,
         new.train(mod.training)
         wq = _quantizer(rule['weight'], rule['w_bits'], f'{name}.weight',
                         ch_axis=wrapper.weight_ch_axis)
-        if call_counts.get(name, 1) > 1:
-            aq = PerCallQuantizer([
-                _quantizer(rule['act'], rule['a_bits'], f'{name}.input@{k}')
-                for k in range(call_counts[name])
-            ])
-        else:
-            aq = _quantizer(rule['act'], rule['a_bits'], f'{name}.input')
+        aq = _input_quantizer(rule['act'], rule['a_bits'], name,
+                              call_counts.get(name, 1))
         new.attach(wq, aq)
         if calibrate_weights:
             new.calibrate_weight()
         _replace(model, name, new)
         summary.add(name, wrapper.kind, weight=wq, act=aq)
+
+    for name, mod in list(model.named_modules()):
+        if not cfg['norm'] or not name or not isinstance(mod, nn.LayerNorm):
+            continue
+        wrapper, reason = _wrapper_for(mod, NORM_WRAPPERS)
+        rule = rules.for_layer(name)
+        if wrapper is None or rule['skip']:
+            summary.add(name, 'layernorm',
+                        reason=reason or 'skipped by override')
+            continue
+        new = wrapper.from_float(mod)
+        new.train(mod.training)
+        aq = _input_quantizer(cfg['norm'], rule['a_bits'], name,
+                              call_counts.get(name, 1))
+        new.attach(aq)
+        _replace(model, name, new)
+        summary.add(name, wrapper.kind, act=aq)
 
     attn = cfg['attn']
     for host_name, host_calls in calls.items():
@@ -169,6 +197,7 @@ def prepare(model: nn.Module,
             def make(operand, op_name=op_name, rule=rule, bits=bits, made=made):
                 if operand == 'softmax':
                     qcfg = attn['softmax']
+                    bits = attn.get('softmax_bits') or bits
                 elif attn['matmul'] is True:
                     qcfg = rule['act']
                 elif isinstance(attn['matmul'], dict):

@@ -77,6 +77,9 @@ class QuantSummary(list):
     def __str__(self) -> str:
         lines = [f'{"layer":60s} {"kind":16s} {"status":9s} W  A  detail']
         for r in self:
+            a_bits = r['a_bits']  # a list when the operands differ
+            if isinstance(a_bits, list):
+                a_bits = '/'.join(map(str, a_bits))
             detail = r['reason']
             if not detail and r.get('act'):
                 detail = f"{r['act']['quantizer']}/{r['act']['observer']}"
@@ -85,7 +88,7 @@ class QuantSummary(list):
                                    for k, v in r['operands'].items())
             lines.append(f"{r['name'][:60]:60s} {r['kind']:16s} "
                          f"{r['status']:9s} {r['w_bits'] or '-':<2} "
-                         f"{r['a_bits'] or '-':<2} {detail}")
+                         f"{a_bits or '-':<2} {detail}")
         for t in self.transforms:
             lines.append(f"{t['transform']}: {t['target']} -> "
                          f"{', '.join(t['consumers']) or '-'}: {t['mode']}"

@@ -1,12 +1,13 @@
 from .adapters import ADAPTERS, MultiheadAttentionAdapter, apply_adapters
 from .attention import AttentionQuantizer, attention_sites, record_calls
 from .modules import (QuantConv1d, QuantConv2d, QuantConv3d,
-                      QuantConvTranspose2d, QuantLinear, QuantMatMul,
-                      QuantSDPA, QuantSoftmax)
+                      QuantConvTranspose2d, QuantLayerNorm, QuantLinear,
+                      QuantMatMul, QuantSDPA, QuantSoftmax)
 
 __all__ = [
     'QuantLinear', 'QuantConv1d', 'QuantConv2d', 'QuantConv3d',
     'QuantConvTranspose2d', 'QuantMatMul', 'QuantSoftmax', 'QuantSDPA',
+    'QuantLayerNorm',
     'AttentionQuantizer', 'attention_sites', 'record_calls', 'ADAPTERS',
     'MultiheadAttentionAdapter', 'apply_adapters'
 ]

@@ -129,7 +129,9 @@ class QuantMatMul(nn.Module):
 
 
 class QuantSoftmax(nn.Module):
-    """p̂ = Q(softmax(x)): the post-Softmax activation quantizer."""
+    """p̂ = Q(softmax(x)): the post-Softmax activation quantizer; a
+    quantizer with ``takes_logits`` (Log-Int-Softmax) computes the softmax
+    itself: p̂ = Q(x) over the last dim."""
 
     kind = 'softmax'
 
@@ -138,7 +140,42 @@ class QuantSoftmax(nn.Module):
         self.quantizer = quantizer
 
     def forward(self, func: Callable, *args, **kwargs) -> Tensor:
-        return _maybe(self.quantizer, func(*args, **kwargs))
+        if not getattr(self.quantizer, 'takes_logits', False):
+            return _maybe(self.quantizer, func(*args, **kwargs))
+        # softmax(input, dim, ...) / Tensor.softmax(dim, ...)
+        x = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get('dim')
+        if dim is None:
+            raise ValueError('a softmax without an explicit dim cannot be '
+                             'replaced by a quantized softmax')
+        out = self.quantizer(x.movedim(dim, -1)).movedim(-1, dim)
+        dtype = kwargs.get('dtype') or next(
+            (a for a in args[2:] if isinstance(a, torch.dtype)), None)
+        return out if dtype is None else out.to(dtype)
+
+
+class QuantLayerNorm(nn.LayerNorm):
+    """y = LayerNorm(Q_a(x)): the input of a LayerNorm quantized (FQ-ViT
+    quantizes the residual stream there, with a Power-of-Two Factor);
+    keeps the original affine Parameters. The residual branch itself is
+    not quantized (only this LayerNorm's copy of its input)."""
+
+    kind = 'layernorm'
+
+    @classmethod
+    def from_float(cls, mod: nn.LayerNorm) -> 'QuantLayerNorm':
+        new = cls(mod.normalized_shape, eps=mod.eps,
+                  elementwise_affine=mod.elementwise_affine, device='meta')
+        new.weight, new.bias = mod.weight, mod.bias
+        return new
+
+    def attach(self, input_quantizer: Optional[nn.Module]) -> None:
+        self.input_quantizer = input_quantizer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(_maybe(self.input_quantizer, x),
+                            self.normalized_shape, self.weight, self.bias,
+                            self.eps)
 
 
 class QuantSDPA(nn.Module):

@@ -67,15 +67,19 @@ class BaseObserver(nn.Module):
     states of the ranks of a distributed run (after the last batch).
     """
 
+    #: buffers with one entry per row, empty until data is seen
+    row_buffers: Tuple[str, ...] = ('lo', 'hi')
+
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer('lo', torch.empty(0))
-        self.register_buffer('hi', torch.empty(0))
+        for key in self.row_buffers:
+            self.register_buffer(key, torch.empty(0))
         self.register_buffer('num_batches', torch.zeros((), dtype=torch.long))
 
     def reset(self) -> None:
         """Forget every batch seen so far."""
-        self.lo, self.hi = torch.empty(0), torch.empty(0)
+        for key in self.row_buffers:
+            setattr(self, key, torch.empty(0))
         self.num_batches.zero_()
 
     def update(self, rows: Tensor, quantizer: nn.Module) -> None:
@@ -167,7 +171,7 @@ class BaseObserver(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # lo / hi have one entry per row, known only after data was seen
-        for key in ('lo', 'hi'):
+        for key in self.row_buffers:
             if prefix + key in state_dict:
                 setattr(self, key, torch.empty_like(state_dict[prefix + key]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

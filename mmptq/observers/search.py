@@ -53,13 +53,24 @@ class SearchObserver(BaseObserver):
 class MSEObserver(SearchObserver):
     """Shrink search (QDrop's MSE observer): candidates
     [α_i·min, α_i·max], α_i = 1 − ``step``·i, i = 0..``num_candidates``−1,
-    scored by mean |x − x̂|^p with p = 2.4 by default."""
+    scored by mean |x − x̂|^p with p = 2.4 by default.
+
+    ``running_range=False``: [min, max] of each batch, and the batch
+    winners are averaged over the batches. ``running_range=True`` (FQ-ViT's
+    OMSE): [min, max] over all batches seen so far, the candidates scored
+    on the latest batch, whose winner is the range (after calibration: the
+    search on the last batch within the global range). A distributed
+    ``sync`` then averages the ranks' winners (``BaseObserver.sync``)."""
+
+    row_buffers = ('lo', 'hi', 'run_lo', 'run_hi')
 
     def __init__(self,
                  p: float = 2.4,
                  num_candidates: int = 100,
-                 step: float = 0.01) -> None:
+                 step: float = 0.01,
+                 running_range: bool = False) -> None:
         super().__init__(p)
+        self.running_range = running_range
         if num_candidates < 1 or step <= 0 or step * (num_candidates - 1) >= 1:
             raise ValueError(
                 f'{type(self).__name__}: need num_candidates >= 1 and '
@@ -70,20 +81,35 @@ class MSEObserver(SearchObserver):
 
     def candidates(self, rows: Tensor) -> List[Tuple[Tensor, Tensor]]:
         lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+        if self.running_range:
+            if self.num_batches > 0:
+                lo = torch.minimum(self.run_lo, lo)
+                hi = torch.maximum(self.run_hi, hi)
+            self.run_lo, self.run_hi = lo, hi
         return [(lo * (1 - self.step * i), hi * (1 - self.step * i))
                 for i in range(self.num_candidates)]
+
+    def accumulate(self, lo: Tensor, hi: Tensor) -> None:
+        if self.running_range:  # the latest batch's winner
+            self.lo, self.hi = lo, hi
+        else:
+            super().accumulate(lo, hi)
 
 
 @OBSERVERS.register_module()
 class OMSEObserver(MSEObserver):
-    """FQ-ViT's OMSE: shrink [min, max] by (1 − 0.01·i), i = 0..89, and keep
-    the candidate with the lowest L2 error (p = 2)."""
+    """OMSE (Choukroun et al. 2019) as in FQ-ViT: shrink [min, max] by
+    (1 − 0.01·i), i = 0..89, and keep the candidate with the lowest L2
+    error (p = 2). FQ-ViT searches once, on the last calibration batch,
+    within the min/max of all batches: ``running_range=True``."""
 
     def __init__(self,
                  p: float = 2.0,
                  num_candidates: int = 90,
-                 step: float = 0.01) -> None:
-        super().__init__(p=p, num_candidates=num_candidates, step=step)
+                 step: float = 0.01,
+                 running_range: bool = False) -> None:
+        super().__init__(p=p, num_candidates=num_candidates, step=step,
+                         running_range=running_range)
 
 
 @OBSERVERS.register_module()
