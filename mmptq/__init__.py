@@ -11,7 +11,7 @@ from .utils import install_torchvision_shim  # noqa: E402
 install_torchvision_shim()
 
 from . import (apis, engine, nn, observers, quantizers,  # noqa: F401,E402
-               transforms)
+               reconstruction, transforms)
 from .apis import quantize_model  # noqa: E402
 
 __all__ = ['quantize_model', '__version__']

@@ -21,7 +21,10 @@ MODEL_TRANSFORMS = Registry(
     'model transform', scope='mmptq', locations=['mmptq.transforms'])
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmptq')
 HOOKS = Registry(
-    'hook', parent=MMENGINE_HOOKS, scope='mmptq', locations=['mmptq.engine'])
+    'hook',
+    parent=MMENGINE_HOOKS,
+    scope='mmptq',
+    locations=['mmptq.engine', 'mmptq.reconstruction'])
 LOOPS = Registry(
     'loop', parent=MMENGINE_LOOPS, scope='mmptq', locations=['mmptq.engine'])
 RUNNERS = Registry(

@@ -294,8 +294,9 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
                 bar.update()
     if dist.get_world_size() > 1:
         sync_observers([q for q in qs if q.observing])
-    for q in qs:
+    for q in qs:  # statistics are final: later forwards must not move them
         q.enabled = True
+        q.observing = False
 
 
 def freeze(model: nn.Module) -> List[str]:
@@ -323,10 +324,13 @@ def quantize_model(
         quant_cfg: see ``mmptq.apis.config.DEFAULT_QUANT_CFG``; every key
             left out takes its default, e.g. ``dict(w_bits=4, a_bits=4)``.
         calib_data: calibration batches (a DataLoader, list, ...).
-        stage_callback: called with 'before_calibration' (ops wrapped,
-            weights calibrated) and 'after_calibration' (activation
-            statistics collected, before freezing); the calibration loop
-            passes ``runner.call_hook`` so hooks see the stages.
+        stage_callback: called as ``stage_callback(name, **kwargs)`` with
+            'before_calibration' (ops wrapped, weights calibrated; kwargs
+            ``model``) and 'after_calibration' (activation statistics
+            collected, before freezing; kwargs ``model``, ``calib_data``,
+            ``run_batch``, ``summary``); the calibration loop passes
+            ``runner.call_hook`` so hooks see the stages. Without one, a
+            ``quant_cfg.reconstruction`` hook is called directly.
     """
     cfg = resolve_quant_cfg(quant_cfg)
     batches = calib_data if hasattr(calib_data, '__len__') else list(calib_data)
@@ -337,13 +341,13 @@ def quantize_model(
         build_checked(MODEL_TRANSFORMS, t, f'transforms[{i}]')
         for i, t in enumerate(cfg['transforms'])
     ]
-    hooks = [] if cfg['reconstruction'] is None else [
-        build_checked(HOOKS, cfg['reconstruction'], 'reconstruction')
-    ]
-    if hooks:
-        raise NotImplementedError(
-            'quant_cfg.reconstruction needs the calibration loop of '
-            'mmptq.engine; quantize_model runs calibration only')
+    if cfg['reconstruction'] is not None and stage_callback is None:
+        hook = build_checked(HOOKS, cfg['reconstruction'], 'reconstruction')
+
+        def stage_callback(name: str, **kwargs) -> None:
+            if hasattr(hook, name):
+                getattr(hook, name)(None, **kwargs)
+
     model.eval()
     run = run_batch(model)
     first = next(iter(batches))
@@ -362,15 +366,21 @@ def quantize_model(
     summary = prepare(model, cfg, calls, call_counts=call_counts)
     for transform in transforms:
         transform.before_calibration(model, ctx)
-    stage = stage_callback or (lambda name: None)
-    stage('before_calibration')
+    stage = stage_callback or (lambda name, **kwargs: None)
+    stage('before_calibration', model=model)
     print_log(f'mmptq: calibrating {len(quantizers(model))} quantizers on '
               f'{len(batches)} batches ({mode})', logger='current')
     calibrate(model, batches, run, mode)
     for transform in transforms:
         transform.after_calibration(model, ctx)
         summary.transforms.extend(transform.rows)
-    stage('after_calibration')
+    stage('after_calibration', model=model, calib_data=batches,
+          run_batch=run, summary=summary)
+    if cfg['reconstruction'] is not None and not summary.reconstruction:
+        raise RuntimeError(
+            'quant_cfg.reconstruction is set but no reconstruction hook ran '
+            'at after_calibration: with a stage_callback, register the hook '
+            '(CalibrationLoop does)')
     unreached = freeze(model)
     if unreached:
         print_log(f'mmptq: {len(unreached)} quantizers saw no calibration '

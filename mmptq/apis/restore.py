@@ -28,7 +28,8 @@ def quant_meta(summary: QuantSummary) -> Dict:
         },
         call_counts=dict(summary.call_counts),
         summary=[dict(r) for r in summary],
-        transforms=[dict(t) for t in summary.transforms])
+        transforms=[dict(t) for t in summary.transforms],
+        reconstruction=[dict(r) for r in summary.reconstruction])
 
 
 def is_quantized_checkpoint(checkpoint: Dict) -> bool:
@@ -63,5 +64,6 @@ def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
                       calibrate_weights=False,
                       call_counts=meta.get('call_counts'))
     summary.transforms = list(meta.get('transforms', []))
+    summary.reconstruction = list(meta.get('reconstruction', []))
     freeze(model)
     return summary

@@ -23,6 +23,8 @@ class QuantSummary(list):
         #: what model transforms did (dict rows: transform, target,
         #: consumers, mode, reason, ...)
         self.transforms: List[dict] = []
+        #: what block reconstruction did (one row per unit)
+        self.reconstruction: List[dict] = []
 
     def add(self,
             name: str,

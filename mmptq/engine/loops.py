@@ -20,7 +20,7 @@ import mmptq
 from mmptq.apis import QuantSummary, quantize_model, resolve_quant_cfg
 from mmptq.apis.restore import (META_KEY, is_quantized_checkpoint, quant_meta,
                                 restore_quantized)
-from mmptq.registry import LOOPS
+from mmptq.registry import HOOKS, LOOPS, build_checked
 from .checkpoint import install_safe_loader, load_checkpoint_file
 
 SPLITS = ('train', 'val', 'test')
@@ -122,7 +122,9 @@ class CalibrationLoop(BaseLoop):
     op wrapping, calibration on ``quant_cfg.calib`` batches, freezing.
 
     Hooks see the stages through ``before_calibration`` and
-    ``after_calibration`` (e.g. reconstruction runs at the latter)."""
+    ``after_calibration``; ``quant_cfg.reconstruction`` (a hook config,
+    e.g. ``dict(type='QDropReconstruction')``) is registered in the runner
+    and runs at the latter."""
 
     def __init__(self, runner, quant_cfg: Optional[dict],
                  dataloader=None) -> None:
@@ -130,15 +132,24 @@ class CalibrationLoop(BaseLoop):
         super().__init__(
             runner, dataloader or build_calib_dataloader(
                 runner, self.quant_cfg['calib']))
+        recon = self.quant_cfg['reconstruction']
+        self.reconstruction = None if recon is None else build_checked(
+            HOOKS, recon, 'reconstruction')
 
     def run(self) -> QuantSummary:
         start = time.perf_counter()
         print_log(f'mmptq: calibrating on {len(self.dataloader.dataset)} '
                   f'samples in {len(self.dataloader)} batches',
                   logger='current')
-        _, summary = quantize_model(
-            unwrap(self.runner.model), self.quant_cfg, self.dataloader,
-            stage_callback=self.runner.call_hook)
+        if self.reconstruction is not None:
+            self.runner.register_hook(self.reconstruction)
+        try:
+            _, summary = quantize_model(
+                unwrap(self.runner.model), self.quant_cfg, self.dataloader,
+                stage_callback=self.runner.call_hook)
+        finally:  # the hook belongs to this calibration only
+            if self.reconstruction in self.runner._hooks:
+                self.runner._hooks.remove(self.reconstruction)
         self.seconds = time.perf_counter() - start
         print_log(f'mmptq: calibration took {self.seconds:.1f} s',
                   logger='current')

@@ -1,3 +1,4 @@
+from .adaround import AdaRoundQuantizer
 from .base import BaseQuantizer, check_bits, grad_scale, round_ste
 from .lis import LISQuantizer, int_exp, log_int_softmax
 from .log import Log2Quantizer, LogQuantizer, LogSqrt2Quantizer
@@ -8,6 +9,6 @@ from .uniform import UniformQuantizer
 __all__ = [
     'BaseQuantizer', 'UniformQuantizer', 'LogQuantizer', 'Log2Quantizer',
     'LogSqrt2Quantizer', 'PTFQuantizer', 'LISQuantizer', 'int_exp',
-    'log_int_softmax', 'PerCallQuantizer', 'reset_call_counters',
+    'log_int_softmax', 'AdaRoundQuantizer', 'PerCallQuantizer', 'reset_call_counters',
     'check_bits', 'round_ste', 'grad_scale'
 ]

@@ -85,6 +85,9 @@ class BaseQuantizer(nn.Module):
         self.observer_type = type(self.observer).__name__
         self.observing = False
         self.enabled = True
+        #: QDrop: probability that an element keeps its FP value (training
+        #: of a reconstruction only; 0 everywhere else)
+        self.drop_prob = 0.0
         self.register_buffer('scale', torch.empty(0))
         self.register_buffer('zero_point', torch.empty(0))
 
@@ -107,21 +110,24 @@ class BaseQuantizer(nn.Module):
                 f'tensor; pick a divisor or granularity="channel"')
         return flat.reshape(flat.shape[0], -1, self.group_size)
 
-    def _apply(self, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-        """fake_quant on ``x`` with per-row params broadcast to its shape."""
+    def broadcast(self, param: Tensor, x: Tensor) -> Tensor:
+        """Per-row ``param`` (one value per row of ``to_rows``) shaped to
+        broadcast against ``x`` (expanded to x's shape for 'group')."""
         if self.granularity == 'tensor':
-            return self.fake_quant(x, scale.reshape(()), zero_point.reshape(()))
+            return param.reshape(())
         if self.granularity == 'channel':
             shape = [1] * x.dim()
             shape[self.ch_axis] = -1
-            return self.fake_quant(x, scale.reshape(shape),
-                                   zero_point.reshape(shape))
+            return param.reshape(shape)
         grouped = self._grouped(x)
-        out = self.fake_quant(grouped,
-                              scale.reshape(grouped.shape[0], -1, 1),
-                              zero_point.reshape(grouped.shape[0], -1, 1))
+        full = param.reshape(grouped.shape[0], -1, 1).expand_as(grouped)
         lead = x.movedim(self.ch_axis, 0)
-        return out.reshape(lead.shape).movedim(0, self.ch_axis)
+        return full.reshape(lead.shape).movedim(0, self.ch_axis)
+
+    def quantize_with(self, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+        """fake_quant on ``x`` with per-row params broadcast to its shape."""
+        return self.fake_quant(x, self.broadcast(scale, x),
+                               self.broadcast(zero_point, x))
 
     # -- the math, per quantizer ------------------------------------------
     def qparams_from_range(self, lo: Tensor,
@@ -201,7 +207,10 @@ class BaseQuantizer(nn.Module):
             raise RuntimeError(
                 f'{self.name or "quantizer"} is used before calibration: run '
                 f'mmptq.apis.quantize_model or load a quantized checkpoint')
-        return self._apply(x, self.scale, self.zero_point).to(x.dtype)
+        out = self.quantize_with(x, self.scale, self.zero_point).to(x.dtype)
+        if self.drop_prob > 0:  # QDrop (Wei et al. 2022, Eq. 8)
+            out = torch.where(torch.rand_like(x) < self.drop_prob, x, out)
+        return out
 
     def extra_repr(self) -> str:
         s = f'bits={self.bits}, granularity={self.granularity}'

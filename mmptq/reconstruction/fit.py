@@ -1,0 +1,242 @@
+"""Fitting one unit: learned rounding (AdaRound), LSQ activation steps,
+QDrop's random FP replacement, PD-Quant's prediction loss."""
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from mmptq.nn.modules import QuantWeightMixin
+from mmptq.quantizers import (AdaRoundQuantizer, BaseQuantizer,
+                              UniformQuantizer)
+from .capture import set_call_indices
+from .samples import SampleSet
+
+PHASES = ('weights', 'acts', 'joint')
+
+
+@dataclass
+class FitConfig:
+    """What to learn and how (see ``BlockReconstruction`` for the keys)."""
+    iters: int
+    batch_size: int
+    phases: Tuple[str, ...]
+    w_lr: float
+    lr: float
+    drop_prob: float
+    round_weight: float
+    beta: Tuple[float, float]
+    warmup: float
+    pd_weight: float
+    temperature: float
+    log_interval: int
+
+
+def rec_loss(out, target) -> Tensor:
+    """Σ over the output tensors of ‖ŷ − y‖² summed over dim 1 and averaged
+    over the rest (the L2 loss of AdaRound / BRECQ / QDrop's code)."""
+    total = 0.0
+    outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+    tgts = [t for t in tree_flatten(target)[0] if isinstance(t, Tensor)]
+    for o, t in zip(outs, tgts):
+        if not o.is_floating_point():
+            continue
+        d = (o - t).pow(2)
+        total = total + (d.sum(1).mean() if d.dim() > 1 else d.mean())
+    return total
+
+
+def beta_at(step: int, cfg: FitConfig) -> Optional[float]:
+    """AdaRound's annealed β: None (no regulariser) during the warm-up
+    fraction, then linear from beta[0] to beta[1]."""
+    start = cfg.warmup * cfg.iters
+    if step < start:
+        return None
+    t = (step - start) / max(cfg.iters - start, 1)
+    return cfg.beta[1] + (cfg.beta[0] - cfg.beta[1]) * (1 - t)
+
+
+def weighted_layers(unit: nn.Module) -> List[nn.Module]:
+    return [m for m in unit.modules() if isinstance(m, QuantWeightMixin)
+            and isinstance(m.weight_quantizer, UniformQuantizer)
+            and m.weight_quantizer.enabled]
+
+
+def act_quantizers(unit: nn.Module) -> List[BaseQuantizer]:
+    weights = {id(m.weight_quantizer) for m in unit.modules()
+               if isinstance(m, QuantWeightMixin)}
+    return [m for m in unit.modules() if isinstance(m, BaseQuantizer)
+            and id(m) not in weights]
+
+
+def _to(obj, device):
+    return tree_map(lambda t: t.to(device) if isinstance(t, Tensor) else t,
+                    obj)
+
+
+def mix_inputs(q, fp, prob: float, gen: torch.Generator):
+    """QDrop's input: each element of the quantized-model input replaced by
+    its FP-model value with probability ``prob``."""
+    if fp is None or prob <= 0:
+        return q
+    q_leaves, spec = tree_flatten(q)
+    fp_leaves = tree_flatten(fp)[0]
+    out = []
+    for a, b in zip(q_leaves, fp_leaves):
+        if isinstance(a, Tensor) and a.is_floating_point():
+            mask = torch.rand(a.shape, generator=gen) < prob
+            a = torch.where(mask.to(a.device), b, a)
+        out.append(a)
+    return tree_unflatten(out, spec)
+
+
+class UnitFitter:
+    """Reconstruct one unit on its samples with the phases of ``cfg``:
+
+    - 'weights': AdaRound rounding V (Adam, ``w_lr``) with the unit's
+      activation quantizers off (BRECQ's weight reconstruction);
+    - 'acts': activation steps by LSQ (Adam, ``lr``, cosine to 0), weights
+      at their final rounding (BRECQ's second step);
+    - 'joint': both at once (QDrop).
+
+    Loss: ``rec_loss`` + λ·Σ(1 − |2h−1|^β) while rounding is learned
+    + ``pd_weight``·KL(p_FP ‖ p_Q) at temperature T when ``predict`` is
+    given (PD-Quant Eq. 6; p_Q from the rest of the network run in FP on
+    the unit's quantized output). While fitting, every activation quantizer
+    of the unit keeps each element FP with ``drop_prob`` (QDrop); it is
+    reset to 0 afterwards, so evaluation never drops.
+    """
+
+    def __init__(self, unit: nn.Module, cfg: FitConfig,
+                 log: Callable[[str], None],
+                 predict: Optional[Callable] = None) -> None:
+        self.unit, self.cfg, self.log, self.predict = unit, cfg, log, predict
+        self.device = next((p.device for p in unit.parameters()),
+                           torch.device('cpu'))
+
+    def fit(self, samples: SampleSet, gen: torch.Generator) -> Dict:
+        layers = weighted_layers(self.unit)
+        acts = [q for q in act_quantizers(self.unit) if q.enabled]
+        learn_acts = [q for q in acts
+                      if isinstance(q, UniformQuantizer) and q.calibrated]
+        original = {id(m): m.weight_quantizer for m in layers}
+        stats = dict(mse_before=self.error(samples), first=None, last=None)
+        try:
+            for phase in self.cfg.phases:
+                rounding = phase in ('weights', 'joint') and bool(layers)
+                steps = phase in ('acts', 'joint') and bool(learn_acts)
+                if not (rounding or steps):
+                    continue
+                if rounding:
+                    for m in layers:
+                        m.weight_quantizer = AdaRoundQuantizer.from_uniform(
+                            original[id(m)], m.weight)
+                for q in acts:
+                    q.enabled = phase != 'weights'
+                    q.drop_prob = self.cfg.drop_prob if q.enabled else 0.0
+                self._run(phase, samples, gen, layers if rounding else [],
+                          learn_acts if steps else [], stats)
+                if rounding:
+                    self._harden(layers, original)
+        finally:
+            for m in layers:
+                m.weight_quantizer = original[id(m)]
+            for q in acts:
+                q.enabled = True
+                q.drop_prob = 0.0
+                if isinstance(q.scale, nn.Parameter):
+                    q.set_qparams(q.scale, q.zero_point)
+        stats['mse_after'] = self.error(samples)
+        return stats
+
+    @torch.no_grad()
+    def error(self, samples: SampleSet, limit: int = 64) -> float:
+        """Mean ``rec_loss`` of the quantized unit (no drop) over the first
+        ``limit`` samples, each whole."""
+        total = 0.0
+        n = min(samples.count, limit)
+        for i in range(n):
+            sample = _to(samples.cache.get(i), self.device)
+            set_call_indices(self.unit, sample['index'])
+            args, kwargs = sample['args']
+            total += float(rec_loss(self.unit(*args, **kwargs),
+                                    sample['target']))
+        return total / max(n, 1)
+
+    def _run(self, phase: str, samples: SampleSet, gen: torch.Generator,
+             layers: List[nn.Module], acts: List[BaseQuantizer],
+             stats: Dict) -> None:
+        cfg = self.cfg
+        opts, scheds = [], []
+        if layers:
+            opts.append(torch.optim.Adam(
+                [m.weight_quantizer.alpha for m in layers], lr=cfg.w_lr))
+        if acts:
+            opt = torch.optim.Adam([q.learn_scale() for q in acts],
+                                   lr=cfg.lr)
+            opts.append(opt)
+            scheds.append(torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=cfg.iters, eta_min=0.0))
+        running = 0.0
+        for step in range(cfg.iters):
+            batch = _to(samples.draw(cfg.batch_size, gen), self.device)
+            set_call_indices(self.unit, batch['index'])
+            args, kwargs = mix_inputs(batch['args'], batch['fp'],
+                                      cfg.drop_prob if phase != 'weights'
+                                      else 0.0, gen)
+            out = self.unit(*args, **kwargs)
+            rec = rec_loss(out, batch['target'])
+            loss = rec
+            beta = beta_at(step, cfg) if layers else None
+            if beta is not None:
+                loss = loss + cfg.round_weight * sum(
+                    m.weight_quantizer.regularizer(beta) for m in layers)
+            if self.predict is not None and cfg.pd_weight > 0:
+                loss = loss + cfg.pd_weight * self._pd_loss(batch)
+            for opt in opts:
+                opt.zero_grad()
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            for sched in scheds:
+                sched.step()
+            value = float(rec)
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f'reconstruction loss became {value} in phase {phase!r} '
+                    f'at iteration {step}: lower lr / w_lr')
+            stats['first'] = value if stats['first'] is None else \
+                stats['first']
+            running += value
+            if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.iters:
+                n = (step % cfg.log_interval) + 1
+                stats['last'] = running / n
+                self.log(f'{phase} it {step + 1}/{cfg.iters} rec loss '
+                         f'{running / n:.4g} total {float(loss):.4g}'
+                         + ('' if beta is None else f' beta {beta:.1f}'))
+                running = 0.0
+
+    def _pd_loss(self, batch: dict) -> Tensor:
+        """KL(softmax(z_FP/T) ‖ softmax(z_Q/T)), batch mean (PD-Quant)."""
+        set_call_indices(self.unit, batch['index'])
+        args, kwargs = batch['args']
+        out = self.unit(*args, **kwargs)
+        logits = self.predict(batch['extra']['inputs'], out)
+        t = self.cfg.temperature
+        return F.kl_div(F.log_softmax(logits / t, dim=1),
+                        F.softmax(batch['extra']['fp_logits'] / t, dim=1),
+                        reduction='batchmean')
+
+    @staticmethod
+    def _harden(layers: List[nn.Module], original: Dict) -> None:
+        """Hard rounding; the weight becomes its quantized value, which the
+        original uniform quantizer maps to itself (a point of its grid)."""
+        with torch.no_grad():
+            for m in layers:
+                ada = m.weight_quantizer
+                ada.soft = False
+                m.weight.copy_(ada(m.weight))
+                m.weight_quantizer = original[id(m)]
