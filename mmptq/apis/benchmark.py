@@ -49,6 +49,8 @@ DEMO_MODELS: Dict[str, tuple] = {
         'checkpoints/demo/retinanet_r18-mini_fpn_mnist-det.pth'),
     'deit': ('configs/demo/deit-mini_mnist-cls.py',
              'checkpoints/demo/deit-mini_mnist-cls.pth'),
+    'hivit': ('configs/demo/hivit-mini_mnist-cls.py',
+              'checkpoints/demo/hivit-mini_mnist-cls.pth'),
     'segformer': ('configs/demo/segformer_mit-mini_mnist-seg.py',
                   'checkpoints/demo/segformer_mit-mini_mnist-seg.pth'),
 }
@@ -238,7 +240,8 @@ def run_benchmark(models: Sequence[ModelSpec],
         bar.update()
         for name in quant_cfgs:
             quant_cfg = merge_quant_cfg(cfg, name,
-                                        calib_samples=calib_samples)
+                                        calib_samples=calib_samples,
+                                        cfg_options=cfg_options)
             runner.model = copy.deepcopy(fp_model)
             print_log(f'mmptq benchmark: {spec.name} x {name}',
                       logger='current')
@@ -255,7 +258,8 @@ def run_benchmark(models: Sequence[ModelSpec],
                 all_metrics=metrics, calib_s=calib.seconds, eval_s=eval_s,
                 eval_ratio=eval_s / fp_eval_s,
                 peak_mib=max(mem.peak_mib, eval_peak),
-                counts=summary.counts(), **common))
+                counts=summary.counts(),
+                reconstruction=summary.reconstruction, **common))
             bar.update()
         runner.call_hook('after_run')
         del runner, fp_model

@@ -55,7 +55,10 @@ def load_run_cfg(args: argparse.Namespace) -> Config:
 
 def load_cfg(args: argparse.Namespace) -> Tuple[Config, Optional[dict]]:
     """The config with the CLI options applied, and its quant_cfg merged
-    with --quant-cfg / --w-bits / --a-bits / --calib-samples."""
+    with --quant-cfg / --w-bits / --a-bits / --calib-samples; ``quant_cfg.*``
+    keys of --cfg-options apply last (over the preset too), e.g.
+    ``quant_cfg.reconstruction.iters=500``."""
     cfg = load_run_cfg(args)
     return cfg, merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
-                                args.a_bits, args.calib_samples)
+                                args.a_bits, args.calib_samples,
+                                args.cfg_options)

@@ -16,9 +16,12 @@ def merge_quant_cfg(cfg: Config,
                     quant_cfg: Optional[str] = None,
                     w_bits: Optional[int] = None,
                     a_bits: Optional[int] = None,
-                    calib_samples: Optional[int] = None) -> Optional[dict]:
+                    calib_samples: Optional[int] = None,
+                    cfg_options: Optional[dict] = None) -> Optional[dict]:
     """The config's ``quant_cfg`` with a preset (name or path) merged over
-    it and the CLI overrides applied; None when nothing asks to quantize."""
+    it and the CLI overrides applied; None when nothing asks to quantize.
+    The ``quant_cfg.*`` keys of ``cfg_options`` (``--cfg-options``) apply
+    last, over the preset, e.g. ``quant_cfg.reconstruction.iters=500``."""
     merged = cfg.get('quant_cfg')
     merged = copy.deepcopy(merged.to_dict() if hasattr(merged, 'to_dict')
                            else merged)
@@ -39,6 +42,12 @@ def merge_quant_cfg(cfg: Config,
             merged.setdefault('calib', {}).update(value)
         else:
             merged[key] = value
+    options = {k: v for k, v in (cfg_options or {}).items()
+               if k.startswith('quant_cfg.')}
+    if options:
+        merged = Config(dict(quant_cfg=merged))
+        merged.merge_from_dict(options)
+        merged = merged.quant_cfg.to_dict()
     resolve_quant_cfg(merged)  # fail early, before anything is built
     return merged
 

@@ -277,6 +277,8 @@ class QuantTestLoop(TestLoop):
             fp_metrics=plain_metrics(fp_metrics),
             quant_cfg=summary.quant_cfg,
             summary=list(summary),
+            transforms=summary.transforms,
+            reconstruction=summary.reconstruction,
             timings=timings,
             checkpoint=self.checkpoint_path,
             mmptq_version=mmptq.__version__)

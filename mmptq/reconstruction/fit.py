@@ -96,8 +96,9 @@ def mix_inputs(q, fp, prob: float, gen: torch.Generator):
 class UnitFitter:
     """Reconstruct one unit on its samples with the phases of ``cfg``:
 
-    - 'weights': AdaRound rounding V (Adam, ``w_lr``) with the unit's
-      activation quantizers off (BRECQ's weight reconstruction);
+    - 'weights': AdaRound rounding V (Adam, ``w_lr``), activation steps
+      fixed. (BRECQ's code fits the rounding with activations FP first;
+      here they stay quantized, the condition the rounding is used in);
     - 'acts': activation steps by LSQ (Adam, ``lr``, cosine to 0), weights
       at their final rounding (BRECQ's second step);
     - 'joint': both at once (QDrop).
@@ -135,8 +136,7 @@ class UnitFitter:
                         m.weight_quantizer = AdaRoundQuantizer.from_uniform(
                             original[id(m)], m.weight)
                 for q in acts:
-                    q.enabled = phase != 'weights'
-                    q.drop_prob = self.cfg.drop_prob if q.enabled else 0.0
+                    q.drop_prob = self.cfg.drop_prob
                 self._run(phase, samples, gen, layers if rounding else [],
                           learn_acts if steps else [], stats)
                 if rounding:
@@ -145,7 +145,6 @@ class UnitFitter:
             for m in layers:
                 m.weight_quantizer = original[id(m)]
             for q in acts:
-                q.enabled = True
                 q.drop_prob = 0.0
                 if isinstance(q.scale, nn.Parameter):
                     q.set_qparams(q.scale, q.zero_point)
@@ -185,8 +184,7 @@ class UnitFitter:
             batch = _to(samples.draw(cfg.batch_size, gen), self.device)
             set_call_indices(self.unit, batch['index'])
             args, kwargs = mix_inputs(batch['args'], batch['fp'],
-                                      cfg.drop_prob if phase != 'weights'
-                                      else 0.0, gen)
+                                      cfg.drop_prob, gen)
             out = self.unit(*args, **kwargs)
             rec = rec_loss(out, batch['target'])
             loss = rec
@@ -203,7 +201,7 @@ class UnitFitter:
                 opt.step()
             for sched in scheds:
                 sched.step()
-            value = float(rec)
+            value = float(rec.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f'reconstruction loss became {value} in phase {phase!r} '

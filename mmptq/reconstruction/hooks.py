@@ -193,8 +193,8 @@ class BlockReconstruction(Hook):
     Args (defaults per method in ``DEFAULTS``):
         iters: iterations per unit (and per phase).
         batch_size: rows per minibatch (images, or RoIs for RoI heads).
-        phases: sequence of 'weights' (AdaRound rounding, activations FP),
-            'acts' (LSQ activation steps) and 'joint' (both).
+        phases: sequence of 'weights' (AdaRound rounding), 'acts' (LSQ
+            activation steps) and 'joint' (both).
         w_lr / lr: Adam learning rates of the rounding variables and of
             the activation steps (cosine-annealed to 0).
         drop_prob: QDrop's probability of keeping an activation FP while
@@ -441,14 +441,15 @@ class BlockReconstruction(Hook):
 @HOOKS.register_module()
 class AdaRoundReconstruction(BlockReconstruction):
     """AdaRound (Nagel et al., ICML 2020): layer-wise learned rounding of
-    the weights, activations FP while fitting."""
+    the weights (quantized inputs, FP targets)."""
     DEFAULTS = dict(layerwise=True, phases=('weights', ))
 
 
 @HOOKS.register_module()
 class BRECQReconstruction(BlockReconstruction):
     """BRECQ (Li et al., ICLR 2021): block-wise AdaRound, then the
-    activation steps by LSQ on the same block."""
+    activation steps by LSQ on the same block (MSE loss; the Fisher
+    weighting of the paper is not implemented)."""
     DEFAULTS = dict(phases=('weights', 'acts'))
 
 
