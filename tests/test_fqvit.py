@@ -367,3 +367,49 @@ def test_hivit_fully_covered(preset):
     for kind in ('qk', 'softmax', 'av'):
         assert counts[kind] == dict(quantized=7)  # the attention blocks
     assert result.sqnr > 15.0
+
+
+# ---------------------------------------------------------------------------
+# distributed calibration: every rank ends with the same PTF factors
+# ---------------------------------------------------------------------------
+def _ptf_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as torch_dist
+    from test_distributed import loopback_env
+    os.environ.update(loopback_env())
+    torch.set_num_threads(1)
+    torch_dist.init_process_group('gloo', init_method=f'file://{init_file}',
+                                  rank=rank, world_size=2)
+    try:
+        q = calibrate(PTFQuantizer(), residual_like(10 + rank))
+        q.observer.sync()
+        q.update_qparams()
+        omse = calibrate(UniformQuantizer(observer=dict(
+            type='OMSEObserver', running_range=True)),
+            residual_like(20 + rank))
+        omse.observer.sync()
+        omse.update_qparams()
+    finally:
+        torch_dist.destroy_process_group()
+    torch.save(dict(alpha=q.alpha, scale=q.scale, zp=q.zero_point,
+                    omse=omse.scale),
+               osp.join(out_dir, f'rank{rank}.pt'))
+
+
+def test_ptf_factors_agree_across_ranks(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ptf_worker, args=(str(tmp_path / 'init'), str(tmp_path)),
+             nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt') for r in range(2))
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
+    # α: the smallest sum of the ranks' error tables (each rank's last
+    # batch within its own range); s and z from the global range
+    data = [residual_like(10), residual_like(11)]
+    errors = sum(calibrate(PTFQuantizer(), x)._errors for x in data)
+    assert r0['alpha'].tolist() == errors.argmin(dim=1).tolist()
+    whole = calibrate(PTFQuantizer(), *data)
+    assert torch.equal(r0['zp'], whole.zero_point)
+    torch.testing.assert_close(
+        r0['scale'], whole.scale / 2.0**whole.alpha * 2.0**r0['alpha'])

@@ -81,8 +81,9 @@ class PTFQuantizer(UniformQuantizer):
     def update_qparams(self) -> None:
         """Parameters from the observer's range; with the batch being
         observed, search the factors α first. Without one (after a
-        distributed ``sync``) the ranks' last error tables are summed and
-        the factors picked again, so that every rank agrees."""
+        distributed ``sync``) the ranks' last error tables (each from its
+        last batch within its own range) are summed and the factors picked
+        again from the sum, so that every rank agrees."""
         lo, hi = self.observer.range()
         if self._batch is not None:
             self._errors = self.factor_errors(
