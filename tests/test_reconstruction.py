@@ -1,6 +1,7 @@
 """Block reconstruction: AdaRound numerics, partition, cache, resume, and
 the effect each method exists for (lower block output error)."""
 import copy
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -251,13 +252,20 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_state_of_another_run_is_an_error(tmp_path):
+def test_other_settings_do_not_resume(tmp_path):
+    """State is kept per run fingerprint and removed once a run is done;
+    another configuration never picks up a killed run's units."""
     recon = dict(RECON, type='QDropReconstruction', iters=5,
                  work_dir=str(tmp_path), resume=True)
     quantized_vit(recon)
-    with pytest.raises(ValueError, match='different run'):
-        quantized_vit(dict(recon, iters=6))
-    quantized_vit(dict(recon, iters=6, resume=False))  # starts over
+    assert os.listdir(tmp_path / 'reconstruction') == []
+    from mmptq.reconstruction.hooks import ReconstructionState
+    state = ReconstructionState(str(tmp_path / 'reconstruction' / 'x'), True)
+    state.save('patch_embed', nn.Linear(2, 2))
+    again = ReconstructionState(str(tmp_path / 'reconstruction' / 'x'), True)
+    assert again.done == ['patch_embed']
+    fresh = ReconstructionState(str(tmp_path / 'reconstruction' / 'x'), False)
+    assert fresh.done == []
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -350,3 +358,39 @@ def test_cnn_partition_and_bn_model(tmp_path):
     assert [r['unit'] for r in summary.reconstruction] == [
         'features.0', 'features.3', 'features.5', 'features.7', 'head'
     ]
+
+
+def test_partition_of_mm_backbones():
+    """Transformer blocks of mmdet / mmpretrain / mmseg backbones split
+    into attention and MLP units; ResNet blocks are units."""
+    from mmengine.registry import init_default_scope
+
+    from test_repq import BACKBONES
+    cases = dict(BACKBONES)
+    cases['mmdet ResNet'] = ('mmdet', dict(type='ResNet', depth=18,
+                                           base_channels=8), (1, 3, 32, 32))
+    for name, (scope, cfg, shape) in cases.items():
+        registry = pytest.importorskip(f'{scope}.registry')
+        init_default_scope(scope)
+        torch.manual_seed(0)
+        model = registry.MODELS.build(cfg)
+        model.eval()  # mmdet's ResNet.train returns None
+        quantize_model(model, dict(w_bits=8, a_bits=8),
+                       [torch.randn(*shape)])
+        units = find_units(model)
+        blocks = [n for n, m in model.named_modules() if type(m).__name__ in
+                  ('SwinBlock', 'TransformerEncoderLayer', 'BasicBlock')]
+        assert blocks, name
+        for block in blocks:
+            inside = [u for u in units if u.startswith(block + '.')]
+            if type(model.get_submodule(block)).__name__ == 'BasicBlock':
+                assert block in units and not inside, (name, block)
+            else:
+                kinds = sorted(u.rsplit('.', 1)[1] for u in inside)
+                assert kinds in (['attn', 'ffn'], ['attn', 'mlp']), (
+                    name, block, inside)
+        covered = {n for n, m in model.named_modules()
+                   if isinstance(m, QuantWeightMixin)}
+        in_units = {n for n in covered
+                    if any(n == u or n.startswith(u + '.') for u in units)}
+        assert in_units == covered, (name, covered - in_units)

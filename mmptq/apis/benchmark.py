@@ -34,7 +34,7 @@ from mmptq.engine.loops import (CalibrationLoop, load_state_checked,
                                 plain_metrics)
 from .analysis import load_config
 from .config import resolve_quant_cfg
-from .runner import build_runner, merge_quant_cfg
+from .runner import build_runner, merge_quant_cfg, model_options
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,8 +147,8 @@ def _test_config(spec: ModelSpec, work_dir: str, num_images: Optional[int],
         raise FileNotFoundError(
             f'{spec.name}: checkpoint {spec.checkpoint} not found')
     cfg = load_config(spec.config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    if model_options(cfg_options):
+        cfg.merge_from_dict(model_options(cfg_options))
     cfg.launcher = 'none'
     cfg.work_dir = osp.join(work_dir, spec.name)
     cfg.load_from = None  # loaded (safely) by the benchmark

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 from mmengine.config import Config, DictAction
 
 from .analysis import load_config
-from .runner import merge_quant_cfg, set_work_dir
+from .runner import merge_quant_cfg, model_options, set_work_dir
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +47,8 @@ def load_run_cfg(args: argparse.Namespace) -> Config:
     """The config with --launcher, --cfg-options and --work-dir applied."""
     cfg = load_config(args.config)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    if model_options(args.cfg_options):
+        cfg.merge_from_dict(model_options(args.cfg_options))
     set_work_dir(cfg, args.config, args.work_dir)
     return cfg
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 from mmengine.config import Config, ConfigDict
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from .presets import load_quant_cfg
@@ -22,6 +23,7 @@ def merge_quant_cfg(cfg: Config,
     it and the CLI overrides applied; None when nothing asks to quantize.
     The ``quant_cfg.*`` keys of ``cfg_options`` (``--cfg-options``) apply
     last, over the preset, e.g. ``quant_cfg.reconstruction.iters=500``."""
+    options = quant_options(cfg_options)
     merged = cfg.get('quant_cfg')
     merged = copy.deepcopy(merged.to_dict() if hasattr(merged, 'to_dict')
                            else merged)
@@ -34,7 +36,7 @@ def merge_quant_cfg(cfg: Config,
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if calib_samples is not None:
         overrides['calib'] = dict(num_samples=calib_samples)
-    if merged is None and not overrides:
+    if merged is None and not overrides and not options:
         return None
     merged = _strip_delete(merged or {})
     for key, value in overrides.items():
@@ -42,14 +44,30 @@ def merge_quant_cfg(cfg: Config,
             merged.setdefault('calib', {}).update(value)
         else:
             merged[key] = value
-    options = {k: v for k, v in (cfg_options or {}).items()
-               if k.startswith('quant_cfg.')}
-    if options:
-        merged = Config(dict(quant_cfg=merged))
-        merged.merge_from_dict(options)
-        merged = merged.quant_cfg.to_dict()
+    resolved = resolve_quant_cfg(merged)
+    for key, value in options.items():
+        path = key.split('.')
+        if len(path) > 2 and resolved.get(path[1], {}) is None:
+            print_log(f'mmptq: --cfg-options {key} ignored: this quant_cfg '
+                      f'has no {path[1]}', logger='current', level=30)
+            continue
+        wrapped = Config(dict(quant_cfg=merged))
+        wrapped.merge_from_dict({key: value})
+        merged = wrapped.quant_cfg.to_dict()
     resolve_quant_cfg(merged)  # fail early, before anything is built
     return merged
+
+
+def quant_options(cfg_options: Optional[dict]) -> dict:
+    """The ``quant_cfg.*`` entries of ``--cfg-options``."""
+    return {k: v for k, v in (cfg_options or {}).items()
+            if k.startswith('quant_cfg.')}
+
+
+def model_options(cfg_options: Optional[dict]) -> dict:
+    """The other entries (they apply to the model config)."""
+    return {k: v for k, v in (cfg_options or {}).items()
+            if not k.startswith('quant_cfg.')}
 
 
 def _strip_delete(node):
