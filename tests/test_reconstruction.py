@@ -394,3 +394,33 @@ def test_partition_of_mm_backbones():
         in_units = {n for n in covered
                     if any(n == u or n.startswith(u + '.') for u in units)}
         assert in_units == covered, (name, covered - in_units)
+
+
+def test_tools_run_reconstruction_on_the_demo_deit(tmp_path):
+    """As a user runs it: tools/quantize.py with a reconstruction preset
+    (CalibrationLoop registers the hook in the runner, which logs per-unit
+    progress into work_dir), then tools/test.py evaluates the saved
+    quantized checkpoint without reconstructing again."""
+    from e2e_utils import ok, results, run_tool
+    from mmptq.apis.benchmark import REPO_ROOT, demo_models
+    if not osp.isfile(osp.join(REPO_ROOT, 'data', 'mnist_cls',
+                               'manifest.json')):
+        pytest.fail('data/mnist_cls is missing: `make test` builds it')
+    spec, = demo_models(['deit'])
+    out = tmp_path / 'deit_qdrop.pth'
+    proc = ok(run_tool(
+        'quantize', spec.config, spec.checkpoint, '--quant-cfg',
+        'qdrop_w4a4', '--calib-samples', '64', '--out', out, '--work-dir',
+        tmp_path / 'q', '--cfg-options', 'quant_cfg.reconstruction.iters=8',
+        r'quant_cfg.reconstruction.blocks=backbone\.layers\.0\..*',
+        timeout=600))
+    assert 'reconstruction [2/2] backbone.layers.0.ffn' in proc.output
+    assert 'QDropReconstruction' in proc.output  # in the runner's hooks
+    proc = ok(run_tool('test', spec.config, out, '--work-dir', tmp_path / 't',
+                       timeout=600))
+    assert 'reconstruction [' not in proc.output
+    res = results(str(tmp_path / 't'))
+    assert [r['unit'] for r in res['reconstruction']] == [
+        'backbone.layers.0.attn', 'backbone.layers.0.ffn'
+    ]
+    assert res['metrics']['accuracy/top1'] > 85
