@@ -137,7 +137,7 @@ def qparams(model: nn.Module) -> dict:
 # the spawned ranks
 # ---------------------------------------------------------------------------
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ.update(loopback_env())
+    os.environ.update(loopback_env(), MMPTQ_TEST_DIR=init_file)
     torch.set_num_threads(1)
     torch_dist.init_process_group('gloo', init_method=f'file://{init_file}',
                                   rank=rank, world_size=WORLD)
@@ -190,6 +190,17 @@ def _rank_checks(rank: int) -> dict:
         res[('model_enabled', key)] = {
             n: m.enabled for n, m in model.named_modules()
             if isinstance(m, UniformQuantizer)}
+    # reconstruction on each rank's shard, gradients averaged: the ranks
+    # end with the same weights and steps
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    recon = dict(PARALLEL_MINMAX, w_bits=4, a_bits=4, reconstruction=dict(
+        type='QDropReconstruction', iters=10, batch_size=2,
+        work_dir=osp.join(osp.dirname(os.environ['MMPTQ_TEST_DIR']),
+                          'recon')))
+    model, summary = quantize_model(mlp, recon, calib[rank::WORLD])
+    res['recon'] = {k: v.clone() for k, v in model.state_dict().items()}
+    res['recon_units'] = len(summary.reconstruction)
     return res
 
 
@@ -310,6 +321,13 @@ def test_calibrate_parallel_equals_single_process(ranks, key, cfg):
     for k in ref:
         assert torch.equal(ranks[0][('model', key)][k],
                            ranks[1][('model', key)][k]), k
+
+
+def test_reconstruction_identical_on_ranks(ranks):
+    a, b = ranks[0]['recon'], ranks[1]['recon']
+    assert ranks[0]['recon_units'] == 2 and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_calibrate_sequential_identical_on_ranks(ranks):

@@ -6,6 +6,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from mmengine import dist
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
@@ -75,6 +76,20 @@ def act_quantizers(unit: nn.Module) -> List[BaseQuantizer]:
 def _to(obj, device):
     return tree_map(lambda t: t.to(device) if isinstance(t, Tensor) else t,
                     obj)
+
+
+def sync_grads(opts: List[torch.optim.Optimizer]) -> None:
+    """Distributed runs: average the gradients over the ranks (each fits on
+    its shard of the calibration data), so every rank takes the same step
+    and ends with the same parameters."""
+    if dist.get_world_size() == 1:
+        return
+    for opt in opts:
+        for group in opt.param_groups:
+            for p in group['params']:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op='mean')
 
 
 def mix_inputs(q, fp, prob: float, gen: torch.Generator):
@@ -197,6 +212,7 @@ class UnitFitter:
             for opt in opts:
                 opt.zero_grad()
             loss.backward()
+            sync_grads(opts)
             for opt in opts:
                 opt.step()
             for sched in scheds:

@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable, Dict, List, Sequence
 
 import torch
+from mmengine import dist
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
@@ -171,12 +172,15 @@ class ReconstructionState:
         self.root = root
         self.done: List[str] = []
         path = osp.join(root, 'progress.json')
-        if osp.exists(path) and not resume:
-            shutil.rmtree(root)
-        elif osp.exists(path):
+        found = osp.exists(path)
+        if found and resume:
             with open(path) as f:
                 self.done = json.load(f)['done']
+        dist.barrier()  # every rank has read before anything is removed
+        if found and not resume and dist.is_main_process():
+            shutil.rmtree(root)
         os.makedirs(root, exist_ok=True)
+        dist.barrier()
 
     def _unit_path(self, name: str) -> str:
         return osp.join(self.root, f'{name}.pth')
@@ -186,14 +190,17 @@ class ReconstructionState:
         unit.load_state_dict(state)
 
     def save(self, name: str, unit: nn.Module) -> None:
-        tmp = self._unit_path(name) + '.tmp'
-        torch.save(unit.state_dict(), tmp)
-        os.replace(tmp, self._unit_path(name))
+        """Written by the main process (ranks hold the same state)."""
         self.done.append(name)
-        tmp = osp.join(self.root, 'progress.json.tmp')
-        with open(tmp, 'w') as f:
-            json.dump(dict(done=self.done), f)
-        os.replace(tmp, osp.join(self.root, 'progress.json'))
+        if dist.is_main_process():
+            tmp = self._unit_path(name) + '.tmp'
+            torch.save(unit.state_dict(), tmp)
+            os.replace(tmp, self._unit_path(name))
+            tmp = osp.join(self.root, 'progress.json.tmp')
+            with open(tmp, 'w') as f:
+                json.dump(dict(done=self.done), f)
+            os.replace(tmp, osp.join(self.root, 'progress.json'))
+        dist.barrier()
 
 
 @HOOKS.register_module()
@@ -298,13 +305,15 @@ class BlockReconstruction(Hook):
                 raise ValueError(f'quant_cfg.reconstruction.blocks='
                                  f'{c["blocks"]!r} matches no unit; units: '
                                  f'{units[:10]}...')
-        root = osp.join(work_dir, 'reconstruction',
-                        self._fingerprint(model, order, len(batches)))
+        key = [self._fingerprint(model, order, len(batches))]
+        dist.broadcast_object_list(key)  # the main process names the run
+        root = osp.join(work_dir, 'reconstruction', key[0])
         state = ReconstructionState(root, c['resume'])
         predict = extra = None
         if c['pd_weight'] > 0:
             predict, extra = self._prediction(model, batches)
-        cache = RecordCache(c['cache_budget_mb'], osp.join(root, 'cache'))
+        cache = RecordCache(c['cache_budget_mb'],
+                            osp.join(root, f'cache{dist.get_rank()}'))
         rows = []
         grads = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
@@ -326,7 +335,9 @@ class BlockReconstruction(Hook):
             cache.clear()
             for p, g in zip(model.parameters(), grads):
                 p.requires_grad_(g)
-        shutil.rmtree(root)  # done: nothing to resume
+        dist.barrier()
+        if dist.is_main_process():
+            shutil.rmtree(root)  # done: nothing to resume
         if summary is not None:
             summary.reconstruction.extend(rows)
         return rows
