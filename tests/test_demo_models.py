@@ -44,6 +44,7 @@ def test_checkpoints_are_small():
 
 # (demo model, images evaluated, FP metric, its lower bound)
 FP_FLOOR = [('deit', 500, 'top-1', 93.0),
+            ('hivit', 500, 'top-1', 90.0),
             ('segformer', 100, 'mIoU', 60.0),
             ('retinanet_r18', 100, 'APbox', 40.0),
             ('mask-rcnn_swin', 100, 'APbox', 40.0)]
@@ -53,10 +54,23 @@ FP_FLOOR = [('deit', 500, 'top-1', 93.0),
 def test_fp_accuracy_and_w8a8(name, num, metric, floor, tmp_path):
     """The FP checkpoint reaches a meaningful metric on the first ``num``
     val images and W8A8 (8 calibration images) stays within 1.5 points."""
-    built({'deit': 'mnist_cls', 'segformer': 'mnist_seg'}.get(
-        name, 'mnist_det'))
+    built({'deit': 'mnist_cls', 'hivit': 'mnist_cls',
+           'segformer': 'mnist_seg'}.get(name, 'mnist_det'))
     fp, w8a8 = run_benchmark(demo_models([name]), ['w8a8'], str(tmp_path),
                              num_images=num, calib_samples=8)
     assert fp['metrics'][metric] >= floor, fp['metrics']
     for key, value in fp['metrics'].items():
         assert w8a8['metrics'][key] >= value - 1.5, (key, fp, w8a8)
+
+
+@pytest.mark.parametrize('name', ['deit', 'hivit'])
+def test_fqvit_w8a8_attn4_close_to_fp(name, tmp_path):
+    """FQ-ViT W8/A8/Attn4 (PTF + Log-Int-Softmax) on the demo ViTs, 100
+    calibration images: within 1.5 points of FP on the first 500 val
+    images (within 1 point on the full val set, see the README)."""
+    built('mnist_cls')
+    fp, fqvit = run_benchmark(demo_models([name]), ['fqvit_w8a8_attn4'],
+                              str(tmp_path), num_images=500,
+                              calib_samples=100)
+    assert fqvit['metrics']['top-1'] >= fp['metrics']['top-1'] - 1.5, (
+        fp, fqvit)
