@@ -18,7 +18,8 @@ EXAMPLES = [p for p in CONFIGS if re.search(r'_w\d+a\d+\.py$', p)]
 def test_presets_are_listed_and_valid():
     names = list_presets()
     for expected in ('w8a8', 'w6a6', 'w4a8', 'w4a4', 'minmax_w8a8',
-                     'percentile_w8a8', 'omse_w8a8'):
+                     'ema_w8a8', 'percentile_w8a8', 'omse_w8a8',
+                     'fqvit_w8a8_attn4'):
         assert expected in names
     for name in names:
         cfg = resolve_quant_cfg(load_quant_cfg(name))
@@ -35,6 +36,7 @@ def test_preset_bits(name, w, a):
 def test_baselines_use_their_observer():
     observers = {
         'minmax_w8a8': 'MinMaxObserver',
+        'ema_w8a8': 'EMAMinMaxObserver',
         'percentile_w8a8': 'PercentileObserver',
         'omse_w8a8': 'OMSEObserver'
     }
