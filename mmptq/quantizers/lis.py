@@ -21,7 +21,9 @@ def int_exp(x_int: Tensor, scale: float, n: int = 30) -> Tensor:
     q = ⌊x_int / x0⌋, r = x_int − q·x0 (so x = r·S − q·ln2),
     L = r·(r + ⌊b / (a·S)⌋) + ⌊c / (a·S²)⌋ ≈ (a(rS)² + b·rS + c) / (aS²),
     exp_int = max(⌊L·2^(n−q)⌋, 0); exp(x) ≈ exp_int · a·S² / 2^n.
-    Computed in float64 (exact integers below 2^53)."""
+    Computed in float64 (exact integers below 2^53). As in I-BERT, x0·S
+    stands for −ln 2: for a coarse step S it is off by up to S, and
+    exp_int then follows exp(x·ln2 / |x0·S|) for large |x|."""
     a, b, c = EXP_COEF
     x0 = math.floor(NEG_LN2 / scale)
     x_int = x_int.double().clamp(min=n * x0)
@@ -33,7 +35,7 @@ def int_exp(x_int: Tensor, scale: float, n: int = 30) -> Tensor:
 
 def log_int_softmax(x_int: Tensor, scale: float, bits: int,
                     masked: Optional[Tensor] = None) -> Tensor:
-    """FQ-ViT's Log-Int-Softmax (Lin et al. 2022, Eq. 13-14) over the last
+    """FQ-ViT's Log-Int-Softmax (Lin et al. 2022, Sec. 3.3) over the last
     dim of integer logits x_int (step ``scale``):
     e = int_exp(x_int − max x_int), P = round(Σe / e) (an integer ≥ 1),
     k = ⌊log2 P⌋ + [P − 2^⌊log2 P⌋ ≥ 2^(⌊log2 P⌋−1)] (P rounded to the

@@ -13,7 +13,7 @@ from .uniform import UniformQuantizer
 
 @QUANTIZERS.register_module()
 class PTFQuantizer(UniformQuantizer):
-    """Power-of-Two Factor (Lin et al., FQ-ViT, IJCAI 2022, Eq. 5-6):
+    """Power-of-Two Factor (Lin et al., FQ-ViT, IJCAI 2022, Sec. 3.2):
     one layer-wise range [min, max] over all channels, one shared
     zero-point and per-channel steps that differ by powers of two:
 
