@@ -371,7 +371,8 @@ class BlockReconstruction(Hook):
         cache.clear()
         print_log(f'{prefix}: done in {row["seconds"]:.1f} s, output error '
                   f'{stats["mse_before"]:.4g} (calibrated) → '
-                  f'{stats["mse_after"]:.4g}', logger='current')
+                  f'{stats["mse_after"]:.4g}; records: {row["cache_mb"]} MiB '
+                  f'in RAM, {row["spilled"]} on disk', logger='current')
         return row
 
     def _samples(self, model, unit, name, calls, batches, run, cache,
