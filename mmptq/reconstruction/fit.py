@@ -229,7 +229,7 @@ class UnitFitter:
                 n = (step % cfg.log_interval) + 1
                 stats['last'] = running / n
                 self.log(f'{phase} it {step + 1}/{cfg.iters} rec loss '
-                         f'{running / n:.4g} total {float(loss):.4g}'
+                         f'{running / n:.4g} total {float(loss.detach()):.4g}'
                          + ('' if beta is None else f' beta {beta:.1f}'))
                 running = 0.0
 
