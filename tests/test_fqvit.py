@@ -22,17 +22,10 @@ from mmptq.quantizers import (LISQuantizer, PTFQuantizer, UniformQuantizer,
                               int_exp, log_int_softmax)
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from test_observers import calibrate  # noqa: E402
 from toy_models import TinyViT  # noqa: E402
 
 STUDY = ['minmax_w8a8', 'ema_w8a8', 'percentile_w8a8', 'omse_w8a8']
-
-
-def calibrate(quantizer, *batches):
-    quantizer.observing = True
-    for batch in batches:
-        quantizer(batch)
-    quantizer.observing = False
-    return quantizer
 
 
 def fqvit_qparams(lo: float, hi: float):
