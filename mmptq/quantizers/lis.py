@@ -34,14 +34,22 @@ def int_exp(x_int: Tensor, scale: float, n: int = 30) -> Tensor:
 
 
 def log_int_softmax(x_int: Tensor, scale: float, bits: int,
-                    masked: Optional[Tensor] = None) -> Tensor:
+                    masked: Optional[Tensor] = None,
+                    exp_shift: int = 0) -> Tensor:
     """FQ-ViT's Log-Int-Softmax (Lin et al. 2022, Sec. 3.3) over the last
     dim of integer logits x_int (step ``scale``):
     e = int_exp(x_int − max x_int), P = round(Σe / e) (an integer ≥ 1),
     k = ⌊log2 P⌋ + [P − 2^⌊log2 P⌋ ≥ 2^(⌊log2 P⌋−1)] (P rounded to the
     nearest power of two, with the bit after the leading one),
     p̂ = 2^(−k) for k < 2^b, else 0 (below the range). ``masked``
-    positions (−inf logits) get e = 0, hence p̂ = 0."""
+    positions (−inf logits) get e = 0, hence p̂ = 0.
+
+    ``exp_shift`` = m feeds i-exp x_int·2^m at step S/2^m (an integer
+    shift): ln 2 is then represented to within S/2^m instead of S. FQ-ViT
+    applies i-exp to 8-bit logits (m = 0), where a coarse S turns
+    exp(x) into exp(0.8x) (I-BERT's own softmax input is a fine int32)."""
+    if exp_shift:
+        x_int, scale = x_int * 2**exp_shift, scale / 2**exp_shift
     if masked is not None:
         x_int = x_int.masked_fill(masked, float('-inf'))
     x_int = x_int - x_int.amax(dim=-1, keepdim=True)
@@ -61,9 +69,10 @@ class LISQuantizer(nn.Module):
     logits are quantized to ``input_bits`` (uniform asymmetric, per
     tensor, range from ``observer``, as FQ-ViT's 8-bit quantizer in front
     of the softmax), the softmax runs on the integers with I-BERT's
-    i-exp, and its output is log2-quantized to ``bits``
-    (``log_int_softmax``). It takes the softmax *input*: ``QuantSoftmax``
-    hands it the logits (``takes_logits``) and the softmax dim last.
+    i-exp (``exp_shift``: see ``log_int_softmax``), and its output is
+    log2-quantized to ``bits`` (``log_int_softmax``). It takes the
+    softmax *input*: ``QuantSoftmax`` hands it the logits
+    (``takes_logits``) and the softmax dim last.
 
     While the logit quantizer is disabled (parallel calibration, or never
     reached) the output is the FP softmax. The gradient w.r.t. the logits
@@ -75,10 +84,12 @@ class LISQuantizer(nn.Module):
     def __init__(self,
                  bits: int = 4,
                  input_bits: int = 8,
+                 exp_shift: int = 0,
                  observer: Optional[dict] = None,
                  name: str = '') -> None:
         super().__init__()
         self.name = name
+        self.exp_shift = exp_shift
         self.bits = check_bits(bits, name)
         self.logits = UniformQuantizer(bits=input_bits, observer=observer,
                                        name=name)
@@ -94,7 +105,8 @@ class LISQuantizer(nn.Module):
         scale = float(self.logits.scale.reshape(()))
         x_int = torch.round(xq.double() / scale)
         out = log_int_softmax(x_int, scale, self.bits,
-                              masked if has_mask else None).to(fp.dtype)
+                              masked if has_mask else None,
+                              self.exp_shift).to(fp.dtype)
         return out + (fp - fp.detach()) if fp.requires_grad else out
 
     def describe(self) -> dict:
