@@ -139,7 +139,7 @@ class UnitFitter:
         learn_acts = [q for q in acts
                       if isinstance(q, UniformQuantizer) and q.calibrated]
         original = {id(m): m.weight_quantizer for m in layers}
-        stats = dict(mse_before=self.error(samples), first=None, last=None)
+        stats = dict(mse_before=self.error(samples))
         try:
             for phase in self.cfg.phases:
                 rounding = phase in ('weights', 'joint') and bool(layers)
@@ -153,7 +153,7 @@ class UnitFitter:
                 for q in acts:
                     q.drop_prob = self.cfg.drop_prob
                 self._run(phase, samples, gen, layers if rounding else [],
-                          learn_acts if steps else [], stats)
+                          learn_acts if steps else [])
                 if rounding:
                     self._harden(layers, original)
         finally:
@@ -181,8 +181,7 @@ class UnitFitter:
         return total / max(n, 1)
 
     def _run(self, phase: str, samples: SampleSet, gen: torch.Generator,
-             layers: List[nn.Module], acts: List[BaseQuantizer],
-             stats: Dict) -> None:
+             layers: List[nn.Module], acts: List[BaseQuantizer]) -> None:
         cfg = self.cfg
         opts, scheds = [], []
         if layers:
@@ -222,12 +221,9 @@ class UnitFitter:
                 raise FloatingPointError(
                     f'reconstruction loss became {value} in phase {phase!r} '
                     f'at iteration {step}: lower lr / w_lr')
-            stats['first'] = value if stats['first'] is None else \
-                stats['first']
             running += value
             if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.iters:
                 n = (step % cfg.log_interval) + 1
-                stats['last'] = running / n
                 self.log(f'{phase} it {step + 1}/{cfg.iters} rec loss '
                          f'{running / n:.4g} total {float(loss.detach()):.4g}'
                          + ('' if beta is None else f' beta {beta:.1f}'))
