@@ -19,7 +19,9 @@ QUANTIZERS = Registry(
     'quantizer', scope='mmptq', locations=['mmptq.quantizers'])
 MODEL_TRANSFORMS = Registry(
     'model transform', scope='mmptq', locations=['mmptq.transforms'])
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmptq')
+MODELS = Registry(
+    'model', parent=MMENGINE_MODELS, scope='mmptq',
+    locations=['mmptq.models'])
 HOOKS = Registry(
     'hook',
     parent=MMENGINE_HOOKS,
