@@ -165,3 +165,14 @@ def test_convert_refuses_what_is_not_an_itpn_classifier(tmp_path):
     torch.save(dict(epoch=3, model='itpn_base'), src)
     with pytest.raises(ValueError, match='holds no state dict'):
         convert_itpn_checkpoint(str(src), str(tmp_path / 'x.pth'))
+
+
+def test_layer_scale_checkpoint_names_the_setting(tmp_path):
+    state = official_state_dict()
+    for i in (0, 8):  # an MLP-only block has gamma_2 only
+        state[f'blocks.{i}.gamma_2'] = torch.ones(16 if i == 0 else 64)
+    src = tmp_path / 'ls.pth'
+    torch.save(dict(model=state), src)
+    with pytest.raises(ValueError, match='layer_scale_init_value'):
+        convert_itpn_checkpoint(str(src), str(tmp_path / 'x.pth'),
+                                config=small_config(tmp_path))

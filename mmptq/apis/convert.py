@@ -130,6 +130,9 @@ def check_state_dict(state: Mapping[str, torch.Tensor], config: str) -> None:
     shapes = [f'{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
+        if any('.gamma_' in k for k in unexpected):
+            unexpected.insert(0, 'layer scale (gamma_1 / gamma_2): set '
+                              'model.backbone.layer_scale_init_value > 0;')
         raise ValueError(
             f'the converted checkpoint does not match {config}: '
             f'missing {missing[:5]}, unexpected {unexpected[:5]}, '
