@@ -176,3 +176,16 @@ def test_layer_scale_checkpoint_names_the_setting(tmp_path):
     with pytest.raises(ValueError, match='layer_scale_init_value'):
         convert_itpn_checkpoint(str(src), str(tmp_path / 'x.pth'),
                                 config=small_config(tmp_path))
+
+
+def test_frozen_stages_freeze_the_rebuilt_blocks():
+    # mmpretrain's HiViT itself fails here: its _freeze_stages needs fc_norm
+    from mmptq.models import iTPNFinetuneHiViT
+    model = iTPNFinetuneHiViT(arch=dict(embed_dims=64, depths=[3, 3, 2],
+                                        num_heads=4), img_size=64,
+                              frozen_stages=2)
+    frozen = [not p.requires_grad for p in model.parameters()]
+    expected = {id(p) for m in (model.blocks[0], model.blocks[1],
+                                model.patch_embed, model.fc_norm)
+                for p in m.parameters()} | {id(model.pos_embed)}
+    assert frozen == [id(p) in expected for p in model.parameters()]

@@ -130,13 +130,14 @@ def check_state_dict(state: Mapping[str, torch.Tensor], config: str) -> None:
     shapes = [f'{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        if any('.gamma_' in k for k in unexpected):
-            unexpected.insert(0, 'layer scale (gamma_1 / gamma_2): set '
-                              'model.backbone.layer_scale_init_value > 0;')
+        hint = ('The checkpoint has layer scale (gamma_1 / gamma_2): set '
+                'model.backbone.layer_scale_init_value > 0.'
+                if any('.gamma_' in k for k in unexpected) else
+                'Use the config of the same model size (iTPN-B: '
+                'itpn-pixel_hivit-base-p16_in1k.py, iTPN-L: '
+                'itpn-pixel_hivit-large-p16_in1k.py).')
         raise ValueError(
             f'the converted checkpoint does not match {config}: '
             f'missing {missing[:5]}, unexpected {unexpected[:5]}, '
-            f'shape mismatch {shapes[:5]}. Use the config of the same '
-            'model size (iTPN-B: itpn-pixel_hivit-base-p16_in1k.py, '
-            'iTPN-L: itpn-pixel_hivit-large-p16_in1k.py).')
+            f'shape mismatch {shapes[:5]}. {hint}')
     model.load_state_dict(state, strict=True)

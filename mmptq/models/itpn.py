@@ -46,16 +46,22 @@ class iTPNFinetuneHiViT(HiViT):  # noqa: N801  (the paper's spelling)
                  layer_scale_init_value: float = 0.,
                  norm_cfg: dict = dict(type='LN', eps=1e-6),
                  rpe: bool = True,
+                 frozen_stages: int = -1,
                  **kwargs) -> None:
         if len(mlp_depths) != len(arch['depths']) - 1:
             raise ValueError(
                 f'mlp_depths {list(mlp_depths)} needs one entry per early '
                 f'stage of arch depths {list(arch["depths"])}')
         depth = arch['depths'][-1]
+        # HiViT builds the patch embedding, position embeddings and patch
+        # merges; with zero blocks per stage, the blocks are built here once
         super().__init__(
-            arch=arch, stem_mlp_ratio=stem_mlp_ratio, mlp_ratio=mlp_ratio,
+            arch=dict(arch, depths=[0] * len(arch['depths'])),
+            stem_mlp_ratio=stem_mlp_ratio, mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias, drop_rate=drop_rate, norm_cfg=norm_cfg,
-            rpe=rpe, out_indices=[depth - 1], **kwargs)
+            rpe=rpe, out_indices=[depth - 1], frozen_stages=-1, **kwargs)
+        self.arch_settings, self.depths = arch, list(arch['depths'])
+        self.num_main_blocks, self.out_indices = depth, [depth - 1]
         self.mlp_depths = list(mlp_depths)
         Hp = self.patch_embed.patches_resolution[0]
         drop_paths = iter(
@@ -81,6 +87,11 @@ class iTPNFinetuneHiViT(HiViT):  # noqa: N801  (the paper's spelling)
         self.blocks = nn.ModuleList(blocks)
         self.fc_norm = build_norm_layer(norm_cfg, self.embed_dims)
         self.blocks.apply(self._init_weights)
+        # after fc_norm exists: HiViT._freeze_stages freezes it too (and
+        # fails in HiViT itself, which has none)
+        self.frozen_stages = frozen_stages
+        if frozen_stages > 0:
+            self._freeze_stages()
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         # HiViT.forward is not reused: it also checks ``out_indices``
