@@ -23,9 +23,9 @@ def small_config(tmp_path, embed=64, mlp_depths=(3, 3), depth=2) -> str:
     path.write_text(
         f"_base_ = '{ITPN_B}'\n"
         'model = dict(backbone=dict(arch=dict(embed_dims=%d, depths=%r, '
-        'num_heads=4), mlp_depths=%r, img_size=64), '
+        'num_heads=4), img_size=64), '
         'head=dict(num_classes=10, in_channels=%d))\n' %
-        (embed, [*mlp_depths, depth], list(mlp_depths), embed))
+        (embed, [*mlp_depths, depth], embed))
     return str(path)
 
 
@@ -112,13 +112,6 @@ def test_full_size_configs_build_itpn_b_and_l():
         assert attn[0].attn.qkv.in_features == dim
         assert model.backbone.fc_norm.eps == 1e-6
         assert not model.with_neck
-
-
-def test_mlp_depths_must_match_the_stages():
-    from mmptq.models import iTPNFinetuneHiViT
-    with pytest.raises(ValueError, match='one entry per early stage'):
-        iTPNFinetuneHiViT(arch=dict(embed_dims=64, depths=[3, 3, 2],
-                                    num_heads=4), mlp_depths=[3])
 
 
 def test_convert_official_checkpoint(tmp_path):

@@ -1,7 +1,7 @@
 """The classifier of iTPN's ImageNet fine-tuning, on mmpretrain's HiViT.
 
 iTPN (Tian et al., CVPR 2023) fine-tunes a HiViT whose two early stages hold
-``mlp_depths`` MLP-only blocks (3 and 3 for iTPN-B, 2 and 2 for iTPN-L), then
+3 and 3 MLP-only blocks (iTPN-B; 2 and 2 for iTPN-L), then
 classifies ``head(LN(mean_tokens(x)))``. mmpretrain's ``HiViT`` builds
 ``2 * depth`` MLP blocks per early stage (an odd count cannot be expressed)
 and has no LayerNorm after the pooling, so the released iTPN classifiers do
@@ -9,7 +9,7 @@ not load into it. :class:`iTPNFinetuneHiViT` is that HiViT; its checkpoint
 keys are mmpretrain's, and :func:`mmptq.apis.convert_itpn_checkpoint` maps the
 official (and PTQ-for-iTPN's) key names onto them.
 """
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 from mmpretrain.models.backbones.hivit import BlockWithRPE, HiViT, PatchMerge
@@ -21,14 +21,14 @@ from mmptq.registry import MODELS
 
 @MODELS.register_module()
 class iTPNFinetuneHiViT(HiViT):  # noqa: N801  (the paper's spelling)
-    """HiViT with ``mlp_depths[i]`` MLP-only blocks in early stage ``i`` and
-    an output of ``fc_norm(mean over tokens)`` of the last main block.
+    """HiViT with ``arch['depths'][i]`` MLP-only blocks in early stage
+    ``i`` (mmpretrain's HiViT builds twice that) and an output of
+    ``fc_norm(mean over tokens)`` of the last main block.
 
     Blocks are laid out as in iTPN's code: ``blocks`` = m₁ MLP blocks,
     PatchMerge, m₂ MLP blocks, PatchMerge, ``depth`` attention blocks, so
     ``blocks.{i}`` keys equal the official ones. Other arguments are
-    mmpretrain ``HiViT``'s; ``arch`` gives ``embed_dims``, ``num_heads`` and
-    the main-stage ``depths[-1]`` (the early entries are ignored).
+    mmpretrain ``HiViT``'s.
 
     Returns a tuple with one ``(B, embed_dims)`` tensor: use no neck and a
     ``LinearClsHead``.
@@ -36,7 +36,6 @@ class iTPNFinetuneHiViT(HiViT):  # noqa: N801  (the paper's spelling)
 
     def __init__(self,
                  arch: dict,
-                 mlp_depths: Sequence[int] = (3, 3),
                  stem_mlp_ratio: float = 3.,
                  mlp_ratio: float = 4.,
                  qkv_bias: bool = True,
@@ -48,11 +47,7 @@ class iTPNFinetuneHiViT(HiViT):  # noqa: N801  (the paper's spelling)
                  rpe: bool = True,
                  frozen_stages: int = -1,
                  **kwargs) -> None:
-        if len(mlp_depths) != len(arch['depths']) - 1:
-            raise ValueError(
-                f'mlp_depths {list(mlp_depths)} needs one entry per early '
-                f'stage of arch depths {list(arch["depths"])}')
-        depth = arch['depths'][-1]
+        *mlp_depths, depth = arch['depths']
         # HiViT builds the patch embedding, position embeddings and patch
         # merges; with zero blocks per stage, the blocks are built here once
         super().__init__(
@@ -62,7 +57,6 @@ class iTPNFinetuneHiViT(HiViT):  # noqa: N801  (the paper's spelling)
             rpe=rpe, out_indices=[depth - 1], frozen_stages=-1, **kwargs)
         self.arch_settings, self.depths = arch, list(arch['depths'])
         self.num_main_blocks, self.out_indices = depth, [depth - 1]
-        self.mlp_depths = list(mlp_depths)
         Hp = self.patch_embed.patches_resolution[0]
         drop_paths = iter(
             torch.linspace(0, drop_path_rate,

@@ -22,7 +22,6 @@ model = dict(
         _delete_=True,
         type='mmptq.iTPNFinetuneHiViT',
         arch=dict(embed_dims=512, depths=[3, 3, 24], num_heads=8),
-        mlp_depths=[3, 3],
         img_size=224,
         drop_path_rate=0.1),
     neck=None,

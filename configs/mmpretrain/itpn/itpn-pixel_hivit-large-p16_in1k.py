@@ -5,6 +5,5 @@
 _base_ = './itpn-pixel_hivit-base-p16_in1k.py'
 model = dict(
     backbone=dict(
-        arch=dict(embed_dims=768, depths=[2, 2, 40], num_heads=12),
-        mlp_depths=[2, 2]),
+        arch=dict(embed_dims=768, depths=[2, 2, 40], num_heads=12)),
     head=dict(in_channels=768))
