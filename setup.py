@@ -39,6 +39,10 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['mmptq', 'mmptq.*']),
     include_package_data=True,
+    # configs/ and the demo checkpoints/ ship inside the package (as
+    # mmdet's .mim): mmptq/.mim links to them; a wheel holds copies
+    package_data={'mmptq': ['.mim/configs/**/*.py',
+                            '.mim/checkpoints/demo/*.pth']},
     # torch and mmcv (with compiled ops) are installed by `make install`
     # before mmptq, as OpenMMLab packages do; mmcv is in extras 'mim'.
     install_requires=['mmengine>=0.10.7'] + read_requirements('runtime.txt'),

@@ -1,10 +1,9 @@
 """mmptq: post-training quantization for OpenMMLab 2.x.
 
-``import mmptq`` registers every observer, quantizer, transform, hook and
-loop in mmptq's registries.
+``import mmptq`` registers every observer, quantizer, transform,
+reconstruction, loop and runner in mmptq's registries.
 """
-__version__ = '0.1.0'
-
+from .version import __version__
 from .utils import install_torchvision_shim  # noqa: E402
 
 # mmpretrain imports torchvision; a no-op where a real one is installed

@@ -1,14 +1,13 @@
 """Registries of mmptq (scope ``mmptq``).
 
-``OBSERVERS``, ``QUANTIZERS`` and ``MODEL_TRANSFORMS`` are mmptq's own
-concepts; ``MODELS``, ``HOOKS``, ``LOOPS`` and ``RUNNERS`` are children of
-mmengine's registries, so ``dict(type='mmptq.QuantTestLoop')`` resolves from
+``OBSERVERS``, ``QUANTIZERS``, ``MODEL_TRANSFORMS`` and ``RECONSTRUCTIONS``
+are mmptq's own concepts; ``MODELS``, ``LOOPS`` and ``RUNNERS`` are children
+of mmengine's registries, so ``dict(type='mmptq.QuantTestLoop')`` resolves from
 any OpenMMLab config that imports mmptq.
 """
 import difflib
 from typing import Any, Optional
 
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
@@ -19,14 +18,11 @@ QUANTIZERS = Registry(
     'quantizer', scope='mmptq', locations=['mmptq.quantizers'])
 MODEL_TRANSFORMS = Registry(
     'model transform', scope='mmptq', locations=['mmptq.transforms'])
+RECONSTRUCTIONS = Registry(
+    'reconstruction', scope='mmptq', locations=['mmptq.reconstruction'])
 MODELS = Registry(
     'model', parent=MMENGINE_MODELS, scope='mmptq',
     locations=['mmptq.models'])
-HOOKS = Registry(
-    'hook',
-    parent=MMENGINE_HOOKS,
-    scope='mmptq',
-    locations=['mmptq.engine', 'mmptq.reconstruction'])
 LOOPS = Registry(
     'loop', parent=MMENGINE_LOOPS, scope='mmptq', locations=['mmptq.engine'])
 RUNNERS = Registry(

@@ -99,7 +99,7 @@ def test_coco_subset_is_scored_on_its_images(tiny):
     """--num-images N: COCO evaluation sees only those N image ids."""
     from mmptq.apis.benchmark import ModelSpec, _restrict_coco_metrics, \
         _test_config
-    from mmptq.apis.runner import build_runner
+    from mmptq.apis.runner_setup import build_runner
     cfg = _test_config(ModelSpec('det', tiny.det, tiny.det_fp),
                        osp.join(tiny.root, 'subset'), 3, None)
     runner = build_runner(cfg)

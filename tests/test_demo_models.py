@@ -9,9 +9,10 @@ pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
 pytest.importorskip('mmpretrain')
 
-from mmptq.apis.analysis import load_config  # noqa: E402
-from mmptq.apis.benchmark import (DEMO_MODELS, REPO_ROOT,  # noqa: E402
-                                  demo_models, run_benchmark)
+from e2e_utils import REPO_ROOT  # noqa: E402
+from mmptq.apis.benchmark import (DEMO_MODELS, demo_models,  # noqa: E402
+                                  run_benchmark)
+from mmptq.apis.runner_setup import load_config  # noqa: E402
 
 DATA = osp.join(REPO_ROOT, 'data')
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import mmptq  # noqa: F401  (registration)
 from mmptq.apis import load_quant_cfg, quantize_model, resolve_quant_cfg
-from mmptq.apis.restore import quant_meta, restore_quantized
+from mmptq.core.restore import quant_meta, restore_quantized
 from mmptq.nn import QuantLayerNorm
 from mmptq.quantizers import (LISQuantizer, PTFQuantizer, UniformQuantizer,
                               int_exp, log_int_softmax)
@@ -367,7 +367,7 @@ def test_hivit_fully_covered(preset):
     and attention blocks; every Linear, LayerNorm input, both attention
     matmuls and the softmax quantized."""
     pytest.importorskip('mmpretrain')
-    from mmptq.apis.analysis import (build_random_model, quantization_sqnr,
+    from mmptq.apis.analyze import (build_random_model, quantization_sqnr,
                                      synthetic_batch)
     model, scope = build_random_model('configs/demo/hivit-mini_mnist-cls.py')
     linears = sum(isinstance(m, nn.Linear) for m in model.modules())

@@ -8,7 +8,7 @@ pytest.importorskip('mmpretrain')
 
 from mmengine.config import Config  # noqa: E402
 
-from mmptq.apis.analysis import (build_random_model,  # noqa: E402
+from mmptq.apis.analyze import (build_random_model,  # noqa: E402
                                  quantization_sqnr, synthetic_batch)
 
 W8A8 = Config.fromfile('configs/quant/w8a8.py').quant_cfg.to_dict()

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mmptq.apis import quantize_model
-from mmptq.apis.restore import quant_meta, restore_quantized
+from mmptq.core.restore import quant_meta, restore_quantized
 from mmptq.quantizers import PerCallQuantizer
 
 MINMAX = dict(type='UniformQuantizer',

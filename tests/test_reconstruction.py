@@ -15,10 +15,12 @@ import mmptq  # noqa: F401
 from mmptq.apis import quantize_model
 from mmptq.nn.modules import QuantWeightMixin
 from mmptq.quantizers import AdaRoundQuantizer, BaseQuantizer, UniformQuantizer
-from mmptq.reconstruction import (BlockReconstruction, RecordCache,
+from mmptq.reconstruction import (BlockReconstruction, BRECQReconstruction,
+                                  QDropReconstruction, RecordCache,
                                   find_units)
 from mmptq.reconstruction.capture import quantization_off
-from mmptq.reconstruction.hooks import correct_distribution
+from mmptq.reconstruction.pdquant import correct_distribution
+from mmptq.reconstruction.qdrop import activation_drop
 from toy_models import TinyCNN, TinyViT
 
 HERE = osp.dirname(osp.abspath(__file__))
@@ -155,24 +157,27 @@ def test_reconstruction_lowers_block_error_and_weights_on_grid(
                                        atol=1e-3)
             assert codes.round().min() >= wq.quant_min
             assert codes.round().max() <= wq.quant_max
-    # no drop at evaluation: quantizers are deterministic
-    assert all(m.drop_prob == 0 for m in q.modules()
+    # no drop at evaluation: the fit's drop hooks are gone and the
+    # quantizers are deterministic
+    assert all(not m._forward_hooks for m in q.modules()
                if isinstance(m, BaseQuantizer))
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(q(x), q(x), rtol=0, atol=0)
 
 
-def test_drop_prob_replaces_elements_by_fp():
+def test_activation_drop_replaces_elements_by_fp():
     q, w = calibrated(granularity='tensor')
     x = torch.randn(10000)
     quantized = q(x)
-    q.drop_prob = 0.5
-    out = q(x)
+    with activation_drop([q], 0.5):
+        out = q(x)
     kept_fp = (out == x) & (quantized != x)
     frac = kept_fp.float().sum() / (quantized != x).float().sum()
+    # binomial(n ≈ 10^4, 0.5): 0.45..0.55 is more than 10 standard deviations
     assert 0.45 < float(frac) < 0.55
     assert torch.all((out == x) | (out == quantized))
+    torch.testing.assert_close(q(x), quantized, rtol=0, atol=0)  # off again
 
 
 # -- cache, resume, errors ------------------------------------------------
@@ -211,7 +216,7 @@ SCRIPT = textwrap.dedent('''
     import os, sys
     sys.path.insert(0, {tests!r})
     import torch
-    from mmptq.reconstruction.hooks import ReconstructionState
+    from mmptq.reconstruction import ReconstructionState
     from test_reconstruction import quantized_vit
     kill_after = int(sys.argv[2])
     if kill_after:
@@ -259,7 +264,7 @@ def test_other_settings_do_not_resume(tmp_path):
                  work_dir=str(tmp_path), resume=True)
     quantized_vit(recon)
     assert os.listdir(tmp_path / 'reconstruction') == []
-    from mmptq.reconstruction.hooks import ReconstructionState
+    from mmptq.reconstruction import ReconstructionState
     state = ReconstructionState(str(tmp_path / 'reconstruction' / 'x'), True)
     state.save('patch_embed', nn.Linear(2, 2))
     again = ReconstructionState(str(tmp_path / 'reconstruction' / 'x'), True)
@@ -268,15 +273,16 @@ def test_other_settings_do_not_resume(tmp_path):
     assert fresh.done == []
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(iter=5), "unknown key 'iter'.*iters"),
-    (dict(phases=['weight']), 'phases'),
-    (dict(iters=0), 'positive integer'),
-    (dict(drop_prob=1.0), 'drop_prob'),
+@pytest.mark.parametrize('cls,kwargs,match', [
+    (BlockReconstruction, dict(iter=5), "unknown key 'iter'.*iters"),
+    (BlockReconstruction, dict(phases=['weight']), 'phases'),
+    (BlockReconstruction, dict(iters=0), 'positive integer'),
+    (QDropReconstruction, dict(drop_prob=1.0), r'drop_prob=1.0 must be in'),
+    (BRECQReconstruction, dict(drop_prob=0.5), "unknown key 'drop_prob'"),
 ])
-def test_bad_reconstruction_config(kwargs, match):
+def test_bad_reconstruction_config(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        BlockReconstruction(**kwargs)
+        cls(**kwargs)
 
 
 def test_blocks_selects_units(tmp_path):
@@ -398,11 +404,11 @@ def test_partition_of_mm_backbones():
 
 def test_tools_run_reconstruction_on_the_demo_deit(tmp_path):
     """As a user runs it: tools/quantize.py with a reconstruction preset
-    (CalibrationLoop registers the hook in the runner, which logs per-unit
-    progress into work_dir), then tools/test.py evaluates the saved
-    quantized checkpoint without reconstructing again."""
-    from e2e_utils import ok, results, run_tool
-    from mmptq.apis.benchmark import REPO_ROOT, demo_models
+    (its per-unit progress goes to the work_dir log), then tools/test.py
+    evaluates the saved quantized checkpoint without reconstructing
+    again."""
+    from e2e_utils import REPO_ROOT, ok, results, run_tool
+    from mmptq.apis.benchmark import demo_models
     if not osp.isfile(osp.join(REPO_ROOT, 'data', 'mnist_cls',
                                'manifest.json')):
         pytest.fail('data/mnist_cls is missing: `make test` builds it')
@@ -415,7 +421,7 @@ def test_tools_run_reconstruction_on_the_demo_deit(tmp_path):
         r'quant_cfg.reconstruction.blocks=backbone\.layers\.0\..*',
         timeout=600))
     assert 'reconstruction [2/2] backbone.layers.0.ffn' in proc.output
-    assert 'QDropReconstruction' in proc.output  # in the runner's hooks
+    assert 'QDropReconstruction' in proc.output  # the logged quant_cfg
     proc = ok(run_tool('test', spec.config, out, '--work-dir', tmp_path / 't',
                        timeout=600))
     assert 'reconstruction [' not in proc.output

@@ -232,7 +232,7 @@ def test_quantized_checkpoint_round_trip():
     """A RepQ-quantized model saved and restored (without calibrating)
     gives the same outputs, including the bias RepQ added to a Linear that
     had none."""
-    from mmptq.apis.restore import quant_meta, restore_quantized
+    from mmptq.core.restore import quant_meta, restore_quantized
 
     class Block(nn.Module):
 

@@ -6,14 +6,14 @@ builds each model with random weights (no download), calibrates on
 image-like synthetic pictures, and prints the SQNR (dB) of the quantized
 model against FP (logits; backbone + neck features for detectors) and the
 coverage of the quantized ops, with the seconds and peak memory that
-calibration took. A thin CLI over ``mmptq.apis.analysis``.
+calibration took. A thin CLI over ``mmptq.apis.analyze``.
 """
 import argparse
 import json
 
 from mmptq.apis import load_quant_cfg
-from mmptq.apis.analysis import (build_random_model, quantization_sqnr,
-                                 synthetic_batch)
+from mmptq.apis.analyze import (build_random_model, quantization_sqnr,
+                                synthetic_batch)
 
 
 def parse_args() -> argparse.Namespace:

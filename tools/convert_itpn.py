@@ -6,11 +6,11 @@ to the key names of ``configs/mmpretrain/itpn/``.
 
 With ``--config`` the converted weights are loaded strictly into that
 config's model before DST is written. A thin CLI over
-``mmptq.apis.convert_itpn_checkpoint``.
+``mmptq.apis.convert``.
 """
 import argparse
 
-from mmptq.apis import convert_itpn_checkpoint
+from mmptq.apis.convert import convert_itpn_checkpoint
 
 
 def parse_args() -> argparse.Namespace:

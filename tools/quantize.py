@@ -4,13 +4,13 @@
 
 The checkpoint holds the weights, every quantizer's parameters, the
 resolved quant_cfg and the mmptq version; ``tools/test.py CONFIG q.pth``
-evaluates it without calibrating again. A thin CLI over ``mmptq.apis``.
+evaluates it without calibrating again. A thin CLI over ``mmptq.apis.test``.
 """
 import argparse
 
 import mmptq  # noqa: F401  (registers mmptq's loops)
 from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg, parse
-from mmptq.apis.runner import (build_runner, configure_quant_test)
+from mmptq.apis.test import quantize_checkpoint
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,13 +27,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg, quant_cfg = load_cfg(args)
-    if quant_cfg is None:
-        raise SystemExit('nothing to quantize with: pass --quant-cfg (a '
-                         'preset or a file) or add quant_cfg to the config')
-    configure_quant_test(cfg, args.checkpoint, quant_cfg,
-                         save_quantized=args.out, evaluate=args.eval,
-                         unsafe_load=args.unsafe_load)
-    build_runner(cfg).test()
+    quantize_checkpoint(cfg, args.checkpoint, quant_cfg, args.out,
+                        evaluate=args.eval, unsafe_load=args.unsafe_load)
 
 
 if __name__ == '__main__':

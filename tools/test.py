@@ -6,16 +6,13 @@ The arguments of the upstream ``tools/test.py`` plus the quantization
 ones. Without ``--quant-cfg`` (and without a ``quant_cfg`` section in the
 config) it evaluates the FP model like the upstream tool; a quantized
 checkpoint from ``tools/quantize.py`` is evaluated without calibrating.
-A thin CLI over ``mmptq.apis``.
+A thin CLI over ``mmptq.apis.test``.
 """
 import argparse
 
-from mmengine.evaluator import DumpResults
-
 import mmptq  # noqa: F401  (registers mmptq's loops)
 from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg, parse
-from mmptq.apis.runner import (build_runner, configure_quant_test,
-                               enable_visualization)
+from mmptq.apis.test import test_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -32,18 +29,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg, quant_cfg = load_cfg(args)
-    configure_quant_test(cfg, args.checkpoint, quant_cfg,
-                         fp_baseline=args.fp_baseline,
-                         unsafe_load=args.unsafe_load)
-    if args.show_dir:
-        enable_visualization(cfg, args.show_dir)
-    runner = build_runner(cfg)
-    if args.out is not None:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError('--out must be a .pkl / .pickle file')
-        runner.test_evaluator.metrics.append(
-            DumpResults(out_file_path=args.out))
-    runner.test()
+    test_model(cfg, args.checkpoint, quant_cfg, fp_baseline=args.fp_baseline,
+               out=args.out, show_dir=args.show_dir,
+               unsafe_load=args.unsafe_load)
 
 
 if __name__ == '__main__':

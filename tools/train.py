@@ -4,7 +4,8 @@
 
 The upstream ``tools/train.py`` arguments; the Runner does the work. With
 ``--publish OUT`` the last checkpoint is also written without optimizer
-state (what ``checkpoints/demo/`` ships). A thin CLI over ``mmptq.apis``.
+state (what ``checkpoints/demo/`` ships). A thin CLI over
+``mmptq.apis.runner_setup``.
 """
 import argparse
 import os.path as osp
@@ -13,8 +14,8 @@ import torch
 
 import mmptq  # noqa: F401  (safe checkpoint loading, shims)
 from mmptq.apis.cli import add_common_args, load_run_cfg, parse
-from mmptq.apis.runner import build_runner
-from mmptq.engine.checkpoint import install_safe_loader, publish_checkpoint
+from mmptq.apis.runner_setup import build_runner
+from mmptq.engine import install_safe_loader, publish_checkpoint
 
 
 def parse_args() -> argparse.Namespace:

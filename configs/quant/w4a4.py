@@ -1,6 +1,6 @@
 # 4-bit weights and activations; the input of the first layer (image
 # pixels: patch embedding or stem conv) stays at 8 bits, as in RepQ-ViT.
-# Otherwise the generic recipe (mmptq.apis.DEFAULT_QUANT_CFG).
+# Otherwise the generic recipe (mmptq.core.config.DEFAULT_QUANT_CFG).
 quant_cfg = dict(
     w_bits=4,
     a_bits=4,

@@ -1,3 +1,3 @@
-# Generic recipe (mmptq.apis.DEFAULT_QUANT_CFG): per-channel MSE-searched
+# Generic recipe (mmptq.core.config.DEFAULT_QUANT_CFG): per-channel MSE-searched
 # weights, per-tensor percentile-searched activations, log√2 softmax.
 quant_cfg = dict(w_bits=4, a_bits=8)

@@ -1,12 +1,13 @@
-from .config import DEFAULT_QUANT_CFG, resolve_quant_cfg
-from .quantize import calibrate, discover, freeze, prepare, quantize_model
-from .presets import list_presets, load_quant_cfg
-from .summary import QuantSummary
-# after .summary: convert imports mmptq.engine, which imports QuantSummary
-from .convert import convert_itpn_checkpoint
+"""The public face of mmptq: ``quantize_model`` and the config helpers,
+and (in their modules) the workflows the tools call: ``test`` (test /
+quantize-and-save), ``benchmark``, ``analyze``, ``convert``."""
+from mmptq.core import (DEFAULT_QUANT_CFG, QuantConfig, QuantSummary,
+                        calibrate, discover, freeze, list_presets,
+                        load_quant_cfg, prepare, quantize_model,
+                        resolve_quant_cfg)
 
 __all__ = [
-    'quantize_model', 'discover', 'prepare', 'calibrate', 'freeze', 'resolve_quant_cfg',
-    'DEFAULT_QUANT_CFG', 'QuantSummary', 'list_presets', 'load_quant_cfg',
-    'convert_itpn_checkpoint'
+    'quantize_model', 'discover', 'prepare', 'calibrate', 'freeze',
+    'resolve_quant_cfg', 'QuantConfig', 'DEFAULT_QUANT_CFG', 'QuantSummary',
+    'list_presets', 'load_quant_cfg'
 ]

@@ -20,7 +20,6 @@ import platform
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -28,18 +27,16 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
-import mmptq
-from mmptq.engine.checkpoint import install_safe_loader, load_checkpoint_file
-from mmptq.engine.loops import (CalibrationLoop, load_state_checked,
-                                plain_metrics)
-from .analysis import load_config
-from .config import resolve_quant_cfg
-from .runner import build_runner, merge_quant_cfg, model_options
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from mmptq.core import PACKAGE_DATA, merge_quant_cfg, model_options
+from mmptq.engine import (CalibrationLoop, install_safe_loader,
+                          load_checkpoint_file, load_state_checked,
+                          plain_metrics)
+from mmptq.version import __version__
+from .runner_setup import build_runner, load_config
 
 #: the demo models of the embedded default: name -> (config, checkpoint),
-#: relative to the repository root
+#: relative to the package data (``mmptq/.mim``: the repository's configs/
+#: and checkpoints/ in a source checkout, copies in a wheel)
 DEMO_MODELS: Dict[str, tuple] = {
     'mask-rcnn_swin': (
         'configs/demo/mask-rcnn_swin-mini_fpn_mnist-det.py',
@@ -80,8 +77,8 @@ def demo_models(names: Optional[Sequence[str]] = None) -> List[ModelSpec]:
     if unknown:
         raise ValueError(f'unknown demo model(s) {unknown}; the demo models '
                          f'are {list(DEMO_MODELS)}')
-    return [ModelSpec(n, str(REPO_ROOT / DEMO_MODELS[n][0]),
-                      str(REPO_ROOT / DEMO_MODELS[n][1])) for n in names]
+    return [ModelSpec(n, str(PACKAGE_DATA / DEMO_MODELS[n][0]),
+                      str(PACKAGE_DATA / DEMO_MODELS[n][1])) for n in names]
 
 
 class PeakMemory:
@@ -253,7 +250,7 @@ def run_benchmark(models: Sequence[ModelSpec],
             got = primary_metrics(metrics)
             rows.append(dict(
                 model=spec.name, quant=name,
-                bits=bits_label(resolve_quant_cfg(quant_cfg)), metrics=got,
+                bits=bits_label(quant_cfg), metrics=got,
                 delta={k: got[k] - fp[k] for k in got if k in fp},
                 all_metrics=metrics, calib_s=calib.seconds, eval_s=eval_s,
                 eval_ratio=eval_s / fp_eval_s,
@@ -326,7 +323,7 @@ def write_report(rows: Sequence[dict], work_dir: str) -> Dict[str, str]:
                  json=osp.join(work_dir, 'benchmark.json'))
     with open(paths['markdown'], 'w') as f:
         f.write(markdown_table(rows) + '\n')
-    env = dict(mmptq=mmptq.__version__, torch=torch.__version__,
+    env = dict(mmptq=__version__, torch=torch.__version__,
                python=platform.python_version(), cpus=os.cpu_count(),
                cuda=torch.cuda.is_available(),
                date=datetime.datetime.now().isoformat(timespec='seconds'))

@@ -5,8 +5,8 @@ from typing import Optional, Tuple
 
 from mmengine.config import Config, DictAction
 
-from .analysis import load_config
-from .runner import merge_quant_cfg, model_options, set_work_dir
+from mmptq.core import QuantConfig, merge_quant_cfg, model_options
+from .runner_setup import load_config, set_work_dir
 
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,8 @@ def load_run_cfg(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def load_cfg(args: argparse.Namespace) -> Tuple[Config, Optional[dict]]:
+def load_cfg(
+        args: argparse.Namespace) -> Tuple[Config, Optional[QuantConfig]]:
     """The config with the CLI options applied, and its quant_cfg merged
     with --quant-cfg / --w-bits / --a-bits / --calib-samples; ``quant_cfg.*``
     keys of --cfg-options apply last (over the preset too), e.g.

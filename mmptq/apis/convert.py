@@ -1,92 +1,17 @@
-"""Convert released iTPN classifier checkpoints to mmpretrain key names.
-
-The official iTPN fine-tuned classifiers (sunsmarterjie/iTPN, timm-style
-``iTPN`` with ``fc_norm`` and ``head``) and PTQ-for-iTPN's checkpoints (the
-same model) load into ``configs/mmpretrain/itpn/`` once their keys are
-renamed for :class:`mmptq.models.iTPNFinetuneHiViT` + ``LinearClsHead``:
-
-=============================  =====================================
-official                       mmpretrain / mmptq
-=============================  =====================================
-``absolute_pos_embed``         ``backbone.pos_embed``
-``patch_embed.*``              ``backbone.patch_embed.*``
-``blocks.{i}.*``               ``backbone.blocks.{i}.*`` (same ``i``)
-``fc_norm.*``                  ``backbone.fc_norm.*``
-``head.weight`` / ``.bias``    ``head.fc.weight`` / ``.bias``
-``relative_position_index``    ``backbone.relative_position_index``
-                               and, as mmpretrain keeps one per
-                               attention, ``backbone.blocks.{i}.attn.
-                               relative_position_index``
-=============================  =====================================
-"""
+"""Convert a released checkpoint to the key names of mmptq's configs
+(the workflow of ``tools/convert_itpn.py``)."""
 import os
 import os.path as osp
-import re
-from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 from mmengine.logging import print_log
 
-from mmptq.engine.checkpoint import load_checkpoint_file
-
-#: (pattern on the official key, replacement); the first match wins
-ITPN_KEY_MAP: Tuple[Tuple[str, str], ...] = (
-    (r'^absolute_pos_embed$', 'backbone.pos_embed'),
-    (r'^(patch_embed|blocks|fc_norm)\.', r'backbone.\1.'),
-    (r'^head\.(weight|bias)$', r'head.fc.\1'),
-    (r'^relative_position_index$', 'backbone.relative_position_index'),
-)
-
-
-def unwrap_state_dict(ckpt: Any) -> Dict[str, torch.Tensor]:
-    """The weights of a loaded checkpoint: its ``model`` (timm / DeiT-style
-    training scripts), ``state_dict`` (mmengine) or ``module`` entry, or the
-    dict itself; a DDP ``module.`` prefix is removed."""
-    if not isinstance(ckpt, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(ckpt)}')
-    for key in ('model', 'state_dict', 'module'):
-        if isinstance(ckpt.get(key), Mapping):
-            ckpt = ckpt[key]
-            break
-    if not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        raise ValueError(
-            'the checkpoint holds no state dict: none of its "model", '
-            '"state_dict" or "module" entries maps names to tensors '
-            f'(top-level keys: {sorted(ckpt)[:8]})')
-    return OrderedDict((k[len('module.'):] if k.startswith('module.') else k,
-                        v) for k, v in ckpt.items())
-
-
-def convert_itpn_state_dict(
-        state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename an official iTPN classifier state dict by
-    :data:`ITPN_KEY_MAP`. A key that neither maps nor is a known buffer is
-    a ValueError that names it: the file is not an iTPN classifier (an
-    iTPN pre-training checkpoint has decoder / FPN keys, for instance)."""
-    out: Dict[str, torch.Tensor] = OrderedDict()
-    unknown: List[str] = []
-    for key, value in state.items():
-        for pattern, repl in ITPN_KEY_MAP:
-            if re.match(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(
-            f'{len(unknown)} key(s) of the checkpoint are not part of an '
-            f'iTPN classifier: {unknown[:6]}. Expected the fine-tuned '
-            'classifier (absolute_pos_embed, patch_embed, blocks, fc_norm, '
-            'head), not a pre-training checkpoint.')
-    index = out.get('backbone.relative_position_index')
-    if index is not None:
-        for key in list(out):
-            block = re.match(r'^(backbone\.blocks\.\d+\.attn)\.qkv\.weight$',
-                             key)
-            if block:
-                out[f'{block.group(1)}.relative_position_index'] = index
-    return out
+from mmptq.engine import load_checkpoint_file
+from mmptq.models.convert_itpn import (check_state_dict,
+                                       convert_itpn_state_dict,
+                                       unwrap_state_dict)
+from .analyze import build_random_model
 
 
 def convert_itpn_checkpoint(src: str,
@@ -104,7 +29,10 @@ def convert_itpn_checkpoint(src: str,
     state = convert_itpn_state_dict(
         unwrap_state_dict(load_checkpoint_file(src, unsafe=unsafe)))
     if config is not None:
-        check_state_dict(state, config)
+        try:
+            check_state_dict(state, build_random_model(config)[0])
+        except ValueError as e:
+            raise ValueError(f'{config}: {e}') from None
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     torch.save(dict(state_dict=state,
                     meta=dict(converted_from=osp.basename(src),
@@ -116,28 +44,3 @@ def convert_itpn_checkpoint(src: str,
               f'{summary["params"] / 1e6:.2f} M values -> {dst}',
               logger='current')
     return summary
-
-
-def check_state_dict(state: Mapping[str, torch.Tensor], config: str) -> None:
-    """Load ``state`` strictly into the model of ``config``; a mismatch is a
-    ValueError listing the missing, unexpected and mis-shaped keys."""
-    from .analysis import build_random_model
-
-    model, _ = build_random_model(config)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f'{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        hint = ('The checkpoint has layer scale (gamma_1 / gamma_2): set '
-                'model.backbone.layer_scale_init_value > 0.'
-                if any('.gamma_' in k for k in unexpected) else
-                'Use the config of the same model size (iTPN-B: '
-                'itpn-pixel_hivit-base-p16_in1k.py, iTPN-L: '
-                'itpn-pixel_hivit-large-p16_in1k.py).')
-        raise ValueError(
-            f'the converted checkpoint does not match {config}: '
-            f'missing {missing[:5]}, unexpected {unexpected[:5]}, '
-            f'shape mismatch {shapes[:5]}. {hint}')
-    model.load_state_dict(state, strict=True)

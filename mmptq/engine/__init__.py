@@ -1,14 +1,21 @@
-"""Engine pieces of mmptq: loops, hooks, a runner and checkpoint helpers."""
+"""mmengine integration, above ``mmptq.core``: loops, calibration data,
+checkpoint I/O, the results report, a Runner for distributed runs without
+CUDA."""
+from .calib_data import build_calib_dataloader
 from .checkpoint import (UnsafeCheckpointError, UnsafeLoadWarning,
-                         install_safe_loader, load_checkpoint_file,
-                         publish_checkpoint, safe_globals_list)
-from .loops import (CalibrationLoop, QuantTestLoop,  # noqa: E402
-                    build_calib_dataloader)
-from .runner import CPUDistRunner, init_dist_without_cuda  # noqa: E402
+                         install_safe_loader, is_quantized_checkpoint,
+                         load_checkpoint_file, load_quantized_checkpoint,
+                         load_state_checked, publish_checkpoint,
+                         safe_globals_list, save_quantized_checkpoint, unwrap)
+from .dist_runner import CPUDistRunner, init_dist_without_cuda
+from .loops import CalibrationLoop, QuantTestLoop
+from .report import plain_metrics, write_results
 
 __all__ = [
-    'UnsafeCheckpointError', 'UnsafeLoadWarning', 'install_safe_loader',
-    'load_checkpoint_file', 'publish_checkpoint', 'safe_globals_list',
-    'CalibrationLoop', 'QuantTestLoop', 'build_calib_dataloader', 'CPUDistRunner',
-    'init_dist_without_cuda'
+    'build_calib_dataloader', 'UnsafeCheckpointError', 'UnsafeLoadWarning',
+    'install_safe_loader', 'is_quantized_checkpoint', 'load_checkpoint_file',
+    'load_quantized_checkpoint', 'load_state_checked', 'publish_checkpoint',
+    'safe_globals_list', 'save_quantized_checkpoint', 'unwrap',
+    'CPUDistRunner', 'init_dist_without_cuda', 'CalibrationLoop',
+    'QuantTestLoop', 'plain_metrics', 'write_results'
 ]

@@ -9,6 +9,11 @@ lets a checkpoint run arbitrary code. :func:`load_checkpoint_file` keeps
 checkpoints need and that only rebuild data; anything else is refused with
 an error that names the global and the opt-in (``--unsafe-load`` in the
 mmptq tools, ``unsafe=True`` here).
+
+Also: loading a checkpoint into a model with the keys checked
+(:func:`load_state_checked`, :func:`load_quantized_checkpoint`), saving a
+quantized one (:func:`save_quantized_checkpoint`) and publishing trained
+weights (:func:`publish_checkpoint`).
 """
 import argparse
 import os.path as osp
@@ -18,11 +23,14 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+from mmengine.dist import is_main_process
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from torch import nn
 
-__all__ = [
-    'UnsafeCheckpointError', 'UnsafeLoadWarning', 'install_safe_loader',
-    'load_checkpoint_file', 'safe_globals_list'
-]
+from mmptq.core import (META_KEY, QuantSummary, quant_meta,
+                        restore_quantized)
+from mmptq.version import __version__
 
 SafeGlobal = Tuple[Any, str]
 
@@ -236,3 +244,78 @@ def publish_checkpoint(src: str, dst: str,
     torch.save(out, dst)
     with open(dst, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP-style wrapper (or the model itself)."""
+    return model.module if is_model_wrapper(model) else model
+
+
+def load_state_checked(model: nn.Module, state: Dict, path: str,
+                       quantized: bool = False) -> None:
+    """Load ``state`` (from checkpoint ``path``) into ``model``; missing
+    keys or shape mismatches are errors that name the checkpoint, keys the
+    model does not use are a warning (an error for quantized checkpoints).
+    A ``module.`` prefix (DDP) is dropped."""
+    model = unwrap(model)
+    state = {k[len('module.'):] if k.startswith('module.') else k: v
+             for k, v in state.items()}
+    kind = 'quantized checkpoint' if quantized else 'checkpoint'
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # strict=False still fails on shapes
+        shapes = [line.strip() for line in str(e).splitlines()
+                  if 'size mismatch' in line]
+        if not shapes:
+            raise
+        raise ValueError(
+            f'{kind} {path} does not match the model of this config: '
+            f'{len(shapes)} tensors differ in shape, {shapes[:3]}. Check '
+            f'that config and checkpoint belong together (num_classes, '
+            f'channels, ...)') from None
+    if result.missing_keys or (quantized and result.unexpected_keys):
+        raise ValueError(
+            f'{kind} {path} does not match the model of this config: '
+            f'{len(result.missing_keys)} missing keys '
+            f'{result.missing_keys[:5]}, {len(result.unexpected_keys)} '
+            f'unexpected keys {result.unexpected_keys[:5]}. Check that '
+            f'config and checkpoint belong together'
+            + (' and that the quantized checkpoint was made from this '
+               'config' if quantized else ''))
+    if result.unexpected_keys:
+        print_log(f'mmptq: checkpoint keys not used by the model: '
+                  f'{result.unexpected_keys[:10]}', logger='current',
+                  level=30)
+
+
+def is_quantized_checkpoint(checkpoint: Dict) -> bool:
+    """Whether a loaded checkpoint was written by
+    :func:`save_quantized_checkpoint`."""
+    return META_KEY in (checkpoint.get('meta') or {})
+
+
+def load_quantized_checkpoint(model: nn.Module, checkpoint: Dict,
+                              path: str) -> QuantSummary:
+    """Give the FP ``model`` the quantized structure recorded in the loaded
+    quantized ``checkpoint`` (from file ``path``) and load its weights
+    strictly; returns the summary it was saved with."""
+    model = unwrap(model)
+    try:
+        summary = restore_quantized(model, checkpoint['meta'][META_KEY])
+    except ValueError as e:
+        raise ValueError(f'{path}: {e}') from None
+    load_state_checked(model, checkpoint['state_dict'], path, quantized=True)
+    return summary
+
+
+def save_quantized_checkpoint(model: nn.Module, summary: QuantSummary,
+                              path: str) -> None:
+    """Write the quantized ``model``'s state dict with what restoring it
+    needs (``meta['mmptq']``: resolved quant_cfg, attention discovery,
+    summary rows); main process only."""
+    if not is_main_process():
+        return
+    meta = dict(mmptq_version=__version__, **{META_KEY: quant_meta(summary)})
+    torch.save(dict(meta=meta, state_dict=unwrap(model).state_dict()), path)
+    print_log(f'mmptq: quantized checkpoint saved to {path}',
+              logger='current')

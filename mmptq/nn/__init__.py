@@ -1,5 +1,5 @@
 from .adapters import ADAPTERS, MultiheadAttentionAdapter, apply_adapters
-from .attention import AttentionQuantizer, attention_sites, record_calls
+from .attention import AttentionCallRouter, attention_sites, record_calls
 from .modules import (QuantConv1d, QuantConv2d, QuantConv3d,
                       QuantConvTranspose2d, QuantLayerNorm, QuantLinear,
                       QuantMatMul, QuantSDPA, QuantSoftmax)
@@ -8,6 +8,6 @@ __all__ = [
     'QuantLinear', 'QuantConv1d', 'QuantConv2d', 'QuantConv3d',
     'QuantConvTranspose2d', 'QuantMatMul', 'QuantSoftmax', 'QuantSDPA',
     'QuantLayerNorm',
-    'AttentionQuantizer', 'attention_sites', 'record_calls', 'ADAPTERS',
+    'AttentionCallRouter', 'attention_sites', 'record_calls', 'ADAPTERS',
     'MultiheadAttentionAdapter', 'apply_adapters'
 ]

@@ -6,7 +6,7 @@ for the innermost module running, every matmul / softmax /
 ``scaled_dot_product_attention`` call. A module is an *attention host* when
 it calls SDPA, or calls a matmul with output shape S, then a softmax over a
 tensor of shape S, then a matmul whose left operand has shape S. Each host
-gets an ``AttentionQuantizer`` that, while the host runs, intercepts those
+gets an ``AttentionCallRouter`` that, while the host runs, intercepts those
 calls in order (call k → site k) and routes them to quantized sites.
 """
 from dataclasses import dataclass, field
@@ -135,7 +135,7 @@ def attention_sites(calls: List[Call]) -> Optional[List[Optional[str]]]:
 
 class _CaptureMode(TorchFunctionMode):
 
-    def __init__(self, owner: 'AttentionQuantizer') -> None:
+    def __init__(self, owner: 'AttentionCallRouter') -> None:
         super().__init__()
         self.owner = owner
 
@@ -147,7 +147,7 @@ class _CaptureMode(TorchFunctionMode):
         return self.owner.dispatch(kind, func, args, kwargs)
 
 
-class AttentionQuantizer(nn.Module):
+class AttentionCallRouter(nn.Module):
     """Quantized call sites of one attention host, in call order.
 
     ``sites[k]`` serves the k-th matmul / softmax / SDPA call of the host's

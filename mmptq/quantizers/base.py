@@ -85,9 +85,6 @@ class BaseQuantizer(nn.Module):
         self.observer_type = type(self.observer).__name__
         self.observing = False
         self.enabled = True
-        #: QDrop: probability that an element keeps its FP value (training
-        #: of a reconstruction only; 0 everywhere else)
-        self.drop_prob = 0.0
         self.register_buffer('scale', torch.empty(0))
         self.register_buffer('zero_point', torch.empty(0))
 
@@ -207,10 +204,7 @@ class BaseQuantizer(nn.Module):
             raise RuntimeError(
                 f'{self.name or "quantizer"} is used before calibration: run '
                 f'mmptq.apis.quantize_model or load a quantized checkpoint')
-        out = self.quantize_with(x, self.scale, self.zero_point).to(x.dtype)
-        if self.drop_prob > 0:  # QDrop (Wei et al. 2022, Eq. 8)
-            out = torch.where(torch.rand_like(x) < self.drop_prob, x, out)
-        return out
+        return self.quantize_with(x, self.scale, self.zero_point).to(x.dtype)
 
     def extra_repr(self) -> str:
         s = f'bits={self.bits}, granularity={self.granularity}'

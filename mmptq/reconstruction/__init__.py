@@ -1,10 +1,14 @@
-"""Block reconstruction (AdaRound / BRECQ / QDrop / PD-Quant) as hooks of
-the calibration loop."""
+"""Block reconstruction (``RECONSTRUCTIONS``), run by ``quantize_model``
+after calibration: the method-independent part in ``block.py``, one file
+per method (AdaRound, BRECQ, QDrop, PD-Quant)."""
+from .adaround import AdaRoundReconstruction
+from .block import BlockReconstruction
+from .brecq import BRECQReconstruction
 from .cache import RecordCache
-from .hooks import (AdaRoundReconstruction, BlockReconstruction,
-                    BRECQReconstruction, PDQuantReconstruction,
-                    QDropReconstruction, ReconstructionState)
 from .partition import find_units
+from .pdquant import PDQuantReconstruction
+from .qdrop import QDropReconstruction
+from .state import ReconstructionState
 
 __all__ = [
     'RecordCache', 'BlockReconstruction', 'AdaRoundReconstruction',

@@ -1,14 +1,14 @@
 """Fitting one unit: learned rounding (AdaRound), LSQ activation steps,
-QDrop's random FP replacement, PD-Quant's prediction loss."""
+and the method's own parts (QDrop's drop, PD-Quant's prediction loss)
+through the extension points of ``BlockReconstruction``."""
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from mmengine import dist
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from mmptq.nn.modules import QuantWeightMixin
 from mmptq.quantizers import (AdaRoundQuantizer, BaseQuantizer,
@@ -27,12 +27,9 @@ class FitConfig:
     phases: Tuple[str, ...]
     w_lr: float
     lr: float
-    drop_prob: float
     round_weight: float
     beta: Tuple[float, float]
     warmup: float
-    pd_weight: float
-    temperature: float
     log_interval: int
 
 
@@ -92,22 +89,6 @@ def sync_grads(opts: List[torch.optim.Optimizer]) -> None:
                 dist.all_reduce(p.grad, op='mean')
 
 
-def mix_inputs(q, fp, prob: float, gen: torch.Generator):
-    """QDrop's input: each element of the quantized-model input replaced by
-    its FP-model value with probability ``prob``."""
-    if fp is None or prob <= 0:
-        return q
-    q_leaves, spec = tree_flatten(q)
-    fp_leaves = tree_flatten(fp)[0]
-    out = []
-    for a, b in zip(q_leaves, fp_leaves):
-        if isinstance(a, Tensor) and a.is_floating_point():
-            mask = torch.rand(a.shape, generator=gen) < prob
-            a = torch.where(mask.to(a.device), b, a)
-        out.append(a)
-    return tree_unflatten(out, spec)
-
-
 class UnitFitter:
     """Reconstruct one unit on its samples with the phases of ``cfg``:
 
@@ -119,17 +100,14 @@ class UnitFitter:
     - 'joint': both at once (QDrop).
 
     Loss: ``rec_loss`` + λ·Σ(1 − |2h−1|^β) while rounding is learned
-    + ``pd_weight``·KL(p_FP ‖ p_Q) at temperature T when ``predict`` is
-    given (PD-Quant Eq. 6; p_Q from the rest of the network run in FP on
-    the unit's quantized output). While fitting, every activation quantizer
-    of the unit keeps each element FP with ``drop_prob`` (QDrop); it is
-    reset to 0 afterwards, so evaluation never drops.
+    + ``method.extra_loss``. The step input is ``method.mix_inputs`` of the
+    quantized-model and FP-model inputs; each phase runs inside
+    ``method.fitting`` of the unit's activation quantizers.
     """
 
     def __init__(self, unit: nn.Module, cfg: FitConfig,
-                 log: Callable[[str], None],
-                 predict: Optional[Callable] = None) -> None:
-        self.unit, self.cfg, self.log, self.predict = unit, cfg, log, predict
+                 log: Callable[[str], None], method) -> None:
+        self.unit, self.cfg, self.log, self.method = unit, cfg, log, method
         self.device = next((p.device for p in unit.parameters()),
                            torch.device('cpu'))
 
@@ -150,17 +128,15 @@ class UnitFitter:
                     for m in layers:
                         m.weight_quantizer = AdaRoundQuantizer.from_uniform(
                             original[id(m)], m.weight)
-                for q in acts:
-                    q.drop_prob = self.cfg.drop_prob
-                self._run(phase, samples, gen, layers if rounding else [],
-                          learn_acts if steps else [])
+                with self.method.fitting(acts):
+                    self._run(phase, samples, gen, layers if rounding else [],
+                              learn_acts if steps else [])
                 if rounding:
                     self._harden(layers, original)
         finally:
             for m in layers:
                 m.weight_quantizer = original[id(m)]
             for q in acts:
-                q.drop_prob = 0.0
                 if isinstance(q.scale, nn.Parameter):
                     q.set_qparams(q.scale, q.zero_point)
         stats['mse_after'] = self.error(samples)
@@ -197,8 +173,8 @@ class UnitFitter:
         for step in range(cfg.iters):
             batch = _to(samples.draw(cfg.batch_size, gen), self.device)
             set_call_indices(self.unit, batch['index'])
-            args, kwargs = mix_inputs(batch['args'], batch['fp'],
-                                      cfg.drop_prob, gen)
+            args, kwargs = self.method.mix_inputs(batch['args'], batch['fp'],
+                                                  gen)
             out = self.unit(*args, **kwargs)
             rec = rec_loss(out, batch['target'])
             loss = rec
@@ -206,8 +182,9 @@ class UnitFitter:
             if beta is not None:
                 loss = loss + cfg.round_weight * sum(
                     m.weight_quantizer.regularizer(beta) for m in layers)
-            if self.predict is not None and cfg.pd_weight > 0:
-                loss = loss + cfg.pd_weight * self._pd_loss(batch)
+            extra = self.method.extra_loss(self.unit, batch)
+            if extra is not None:
+                loss = loss + extra
             for opt in opts:
                 opt.zero_grad()
             loss.backward()
@@ -228,17 +205,6 @@ class UnitFitter:
                          f'{running / n:.4g} total {float(loss.detach()):.4g}'
                          + ('' if beta is None else f' beta {beta:.1f}'))
                 running = 0.0
-
-    def _pd_loss(self, batch: dict) -> Tensor:
-        """KL(softmax(z_FP/T) ‖ softmax(z_Q/T)), batch mean (PD-Quant)."""
-        set_call_indices(self.unit, batch['index'])
-        args, kwargs = batch['args']
-        out = self.unit(*args, **kwargs)
-        logits = self.predict(batch['extra']['inputs'], out)
-        t = self.cfg.temperature
-        return F.kl_div(F.log_softmax(logits / t, dim=1),
-                        F.softmax(batch['extra']['fp_logits'] / t, dim=1),
-                        reduction='batchmean')
 
     @staticmethod
     def _harden(layers: List[nn.Module], original: Dict) -> None:

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 
 from torch import nn
 
-from mmptq.nn.attention import AttentionQuantizer
+from mmptq.nn.attention import AttentionCallRouter
 from mmptq.nn.modules import QuantWeightMixin
 from mmptq.quantizers import BaseQuantizer
 
@@ -37,18 +37,18 @@ def _is_op(module: nn.Module) -> bool:
 
 
 def _hosts(module: nn.Module) -> int:
-    return sum(isinstance(m, AttentionQuantizer) for m in module.modules())
+    return sum(isinstance(m, AttentionCallRouter) for m in module.modules())
 
 
 def _is_host(module: nn.Module) -> bool:
-    return any(isinstance(m, AttentionQuantizer) for m in module.children())
+    return any(isinstance(m, AttentionCallRouter) for m in module.children())
 
 
 def _is_transformer_block(module: nn.Module) -> bool:
     if _is_op(module) or _is_host(module) or _hosts(module) != 1:
         return False
     return any(
-        _has(child, BaseQuantizer) and not _has(child, AttentionQuantizer)
+        _has(child, BaseQuantizer) and not _has(child, AttentionCallRouter)
         for child in module.children())
 
 
@@ -56,7 +56,7 @@ def _is_repeated(module: nn.Module, parent: Optional[nn.Module]) -> bool:
     if not isinstance(parent, (nn.Sequential, nn.ModuleList)):
         return False
     same = [m for m in parent.children() if type(m) is type(module)]
-    return len(same) > 1 and not _has(module, AttentionQuantizer)
+    return len(same) > 1 and not _has(module, AttentionCallRouter)
 
 
 def find_units(model: nn.Module,

@@ -29,7 +29,9 @@ class BaseTransform:
       freezing (data-driven rewrites).
 
     ``rows`` are its lines of the summary (dicts: transform, target,
-    consumers, mode, reason).
+    consumers, mode, reason); a quantized checkpoint stores them, and
+    :meth:`restore` gives an FP model what a row's rewrite added, so that
+    the checkpoint's state dict loads.
     """
 
     def __init__(self) -> None:
@@ -45,3 +47,10 @@ class BaseTransform:
     def after_calibration(self, model: nn.Module,
                           ctx: TransformContext) -> None:
         pass
+
+    @classmethod
+    def restore(cls, model: nn.Module, row: dict) -> None:
+        """Before a quantized checkpoint is loaded: add to ``model`` the
+        parameters that the rewrite of summary row ``row`` created (their
+        values come from the checkpoint). Nothing by default: a rewrite
+        that only changes values needs no restoring."""

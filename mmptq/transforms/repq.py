@@ -87,6 +87,14 @@ class RepQReparam(BaseTransform):
     def before_wrap(self, model: nn.Module, ctx: TransformContext) -> None:
         self.uses = trace_norm_uses(model, ctx.run_batch)
 
+    @classmethod
+    def restore(cls, model: nn.Module, row: dict) -> None:
+        """The folded shift needs a bias in consumers that had none: add
+        one (zeros; the checkpoint holds its values)."""
+        for name in row.get('bias_added', []):
+            lin = model.get_submodule(name)
+            lin.bias = nn.Parameter(lin.weight.new_zeros(lin.out_features))
+
     def _row(self, use: NormUse, mode: str, reason: str = '',
              **extra) -> None:
         self.rows.append(dict(transform='RepQReparam', target=use.norm,

@@ -1,10 +1,19 @@
-"""``quant_cfg``: defaults, validation and per-layer resolution."""
+"""``quant_cfg``: defaults, validation, merging with presets and command
+line options, and per-layer rules.
+
+A ``quant_cfg`` is resolved once, where it enters mmptq (``quantize_model``,
+the test loop, the tools), into a :class:`QuantConfig`; everything below
+receives that object and never resolves again."""
 import copy
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
+
+from mmengine.config import Config
+from mmengine.logging import print_log
 
 from mmptq.quantizers import check_bits
 from mmptq.registry import nearest_names
+from .presets import load_quant_cfg
 
 #: the best generic recipe: every key a user leaves out comes from here
 DEFAULT_QUANT_CFG: Dict = dict(
@@ -50,12 +59,24 @@ def _check_keys(cfg: dict, allowed, where: str) -> None:
                 f'{nearest_names(key, allowed)}')
 
 
-def resolve_quant_cfg(quant_cfg: Optional[dict]) -> dict:
-    """Merge ``quant_cfg`` over ``DEFAULT_QUANT_CFG`` and validate it.
+class QuantConfig(dict):
+    """A resolved ``quant_cfg``: every key present, validated. Made only by
+    :func:`resolve_quant_cfg`; its values are plain dicts and lists, so
+    ``dict(cfg)`` is what checkpoints and reports store."""
+
+
+def resolve_quant_cfg(
+        quant_cfg: Union[None, dict, QuantConfig]) -> QuantConfig:
+    """Merge ``quant_cfg`` over ``DEFAULT_QUANT_CFG`` and validate it; a
+    :class:`QuantConfig` is returned as it is (it is resolved already).
 
     Nested dicts (``attn``, ``calib``) merge key by key; a quantizer dict
     (``weight``, ``act``, ``attn.softmax``) with a new ``type`` replaces the
     default, without one it updates it."""
+    if isinstance(quant_cfg, QuantConfig):
+        return quant_cfg
+    if hasattr(quant_cfg, 'to_dict'):  # a ConfigDict from an mm config
+        quant_cfg = quant_cfg.to_dict()
     cfg = copy.deepcopy(DEFAULT_QUANT_CFG)
     user = dict(quant_cfg or {})
     _check_keys(user, cfg, '')
@@ -97,13 +118,82 @@ def resolve_quant_cfg(quant_cfg: Optional[dict]) -> dict:
         for key in ('w_bits', 'a_bits'):
             if key in ov:
                 check_bits(ov[key], f'quant_cfg.overrides[{i}].{key}')
-    return cfg
+    return QuantConfig(cfg)
 
 
 def _merge_quantizer(base: dict, update: dict) -> dict:
     if 'type' in update and update['type'] != base.get('type'):
         return copy.deepcopy(update)
     return {**copy.deepcopy(base), **copy.deepcopy(update)}
+
+
+def merge_quant_cfg(cfg: Config,
+                    quant_cfg: Optional[str] = None,
+                    w_bits: Optional[int] = None,
+                    a_bits: Optional[int] = None,
+                    calib_samples: Optional[int] = None,
+                    cfg_options: Optional[dict] = None) -> Optional[QuantConfig]:
+    """The resolved ``quant_cfg`` of a run: the config's own section with a
+    preset (name or path) merged over it and the command line overrides
+    applied; None when nothing asks to quantize. The ``quant_cfg.*`` keys of
+    ``cfg_options`` (``--cfg-options``) apply last, over the preset, e.g.
+    ``quant_cfg.reconstruction.iters=500``."""
+    options = quant_options(cfg_options)
+    merged = cfg.get('quant_cfg')
+    merged = copy.deepcopy(merged.to_dict() if hasattr(merged, 'to_dict')
+                           else merged)
+    if quant_cfg is not None:
+        preset = load_quant_cfg(quant_cfg)
+        merged = Config(dict(quant_cfg=merged or {}))
+        merged.merge_from_dict(dict(quant_cfg=preset))
+        merged = merged.quant_cfg.to_dict()
+    overrides = dict(w_bits=w_bits, a_bits=a_bits)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if calib_samples is not None:
+        overrides['calib'] = dict(num_samples=calib_samples)
+    if merged is None and not overrides and not options:
+        return None
+    merged = _strip_delete(merged or {})
+    for key, value in overrides.items():
+        if key == 'calib':
+            merged.setdefault('calib', {}).update(value)
+        else:
+            merged[key] = value
+    resolved = resolve_quant_cfg(merged)
+    for key, value in options.items():
+        path = key.split('.')
+        if len(path) > 2 and resolved.get(path[1], {}) is None:
+            print_log(f'mmptq: --cfg-options {key} ignored: this quant_cfg '
+                      f'has no {path[1]}', logger='current', level=30)
+            continue
+        wrapped = Config(dict(quant_cfg=merged))
+        wrapped.merge_from_dict({key: value})
+        merged = wrapped.quant_cfg.to_dict()
+    return resolve_quant_cfg(merged) if options else resolved
+
+
+def quant_options(cfg_options: Optional[dict]) -> dict:
+    """The ``quant_cfg.*`` entries of ``--cfg-options``."""
+    return {k: v for k, v in (cfg_options or {}).items()
+            if k.startswith('quant_cfg.')}
+
+
+def model_options(cfg_options: Optional[dict]) -> dict:
+    """The other entries (they apply to the model config)."""
+    return {k: v for k, v in (cfg_options or {}).items()
+            if not k.startswith('quant_cfg.')}
+
+
+def _strip_delete(node):
+    """Drop ``_delete_`` flags that had nothing to delete: mmengine keeps
+    them where the base config lacks the key (a quant_cfg file or section
+    without ``_base_``); replacing the defaults is what resolving does."""
+    if isinstance(node, dict):
+        return {k: _strip_delete(v) for k, v in node.items()
+                if k != '_delete_'}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_strip_delete(v) for v in node)
+    return node
 
 
 class LayerRules:

@@ -1,6 +1,6 @@
 """``quantize_model``: the one entry point of mmptq."""
 import hashlib
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from mmengine import dist
@@ -8,7 +8,7 @@ from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 from torch import nn
 
-from mmptq.nn import (AttentionQuantizer, QuantConv1d, QuantConv2d,
+from mmptq.nn import (AttentionCallRouter, QuantConv1d, QuantConv2d,
                       QuantConv3d, QuantConvTranspose2d, QuantLayerNorm,
                       QuantLinear, apply_adapters, attention_sites,
                       record_calls)
@@ -16,9 +16,10 @@ from mmptq.nn.attention import build_site
 from mmptq.nn.modules import QuantWeightMixin
 from mmptq.quantizers import (BaseQuantizer, PerCallQuantizer,
                               reset_call_counters)
-from mmptq.registry import HOOKS, MODEL_TRANSFORMS, QUANTIZERS, build_checked
+from mmptq.registry import (MODEL_TRANSFORMS, QUANTIZERS, RECONSTRUCTIONS,
+                            build_checked)
 from mmptq.transforms import TransformContext
-from .config import LayerRules, resolve_quant_cfg
+from .config import LayerRules, QuantConfig, resolve_quant_cfg
 from .summary import QuantSummary
 
 #: float class → quantized class; subclasses that keep the parent's forward
@@ -92,7 +93,8 @@ def _input_quantizer(cfg: dict, bits: int, name: str,
     return _quantizer(cfg, bits, f'{name}.input')
 
 
-def quantizers(model: nn.Module) -> List[BaseQuantizer]:
+def find_quantizers(model: nn.Module) -> List[BaseQuantizer]:
+    """Every fake quantizer in ``model``, in ``modules()`` order."""
     return [m for m in model.modules() if isinstance(m, BaseQuantizer)]
 
 
@@ -112,7 +114,7 @@ def discover(model: nn.Module, batch,
 
 
 def prepare(model: nn.Module,
-            cfg: dict,
+            cfg: QuantConfig,
             calls: Dict[str, list],
             calibrate_weights: bool = True,
             call_counts: Optional[Dict[str, int]] = None) -> QuantSummary:
@@ -211,7 +213,7 @@ def prepare(model: nn.Module,
 
             sites.append(build_site(role, make))
             summary.add_attention(op_name, role, made)
-        AttentionQuantizer(host_name, [c.kind for c in host_calls],
+        AttentionCallRouter(host_name, [c.kind for c in host_calls],
                            sites).attach_to(model.get_submodule(host_name))
     if any(isinstance(m, PerCallQuantizer) for m in model.modules()) and \
             reset_call_counters not in model._forward_pre_hooks.values():
@@ -276,7 +278,7 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
     its own running parameters, so only the final synchronisation is
     shared: the result is the same on every rank but not bit-equal to one
     process."""
-    qs = quantizers(model)
+    qs = find_quantizers(model)
     weights = {
         id(m.weight_quantizer)
         for m in model.modules() if isinstance(m, QuantWeightMixin)
@@ -303,7 +305,7 @@ def freeze(model: nn.Module) -> List[str]:
     """End calibration: observers are dropped, parameters become buffers.
     Returns the quantizers that saw no data: they stay FP (disabled)."""
     unreached = []
-    for q in quantizers(model):
+    for q in find_quantizers(model):
         q.freeze()
         if not q.enabled:
             unreached.append(q.name)
@@ -312,25 +314,28 @@ def freeze(model: nn.Module) -> List[str]:
 
 def quantize_model(
         model: nn.Module,
-        quant_cfg: Optional[dict],
+        quant_cfg: Union[None, dict, QuantConfig],
         calib_data: Iterable,
-        stage_callback: Optional[Callable[[str], None]] = None
-) -> Tuple[nn.Module, QuantSummary]:
+        stage_callback: Optional[Callable[..., None]] = None,
+        work_dir: Optional[str] = None) -> Tuple[nn.Module, QuantSummary]:
     """Quantize ``model`` in place and return it with a per-layer summary.
 
     Args:
         model: an OpenMMLab model (batches go through ``test_step``) or a
             plain ``nn.Module`` (batches are its inputs).
-        quant_cfg: see ``mmptq.apis.config.DEFAULT_QUANT_CFG``; every key
-            left out takes its default, e.g. ``dict(w_bits=4, a_bits=4)``.
+        quant_cfg: see ``mmptq.core.config.DEFAULT_QUANT_CFG``; every key
+            left out takes its default, e.g. ``dict(w_bits=4, a_bits=4)``;
+            a :class:`QuantConfig` is used as it is.
         calib_data: calibration batches (a DataLoader, list, ...).
         stage_callback: called as ``stage_callback(name, **kwargs)`` with
             'before_calibration' (ops wrapped, weights calibrated; kwargs
             ``model``) and 'after_calibration' (activation statistics
-            collected, before freezing; kwargs ``model``, ``calib_data``,
-            ``run_batch``, ``summary``); the calibration loop passes
-            ``runner.call_hook`` so hooks see the stages. Without one, a
-            ``quant_cfg.reconstruction`` hook is called directly.
+            collected, after any reconstruction, before freezing; kwargs
+            ``model``, ``calib_data``, ``run_batch``, ``summary``); the
+            calibration loop passes ``runner.call_hook`` so that hooks see
+            the stages.
+        work_dir: where ``quant_cfg.reconstruction`` keeps its resume
+            state and spilled records (default: a temporary directory).
     """
     cfg = resolve_quant_cfg(quant_cfg)
     batches = calib_data if hasattr(calib_data, '__len__') else list(calib_data)
@@ -341,12 +346,9 @@ def quantize_model(
         build_checked(MODEL_TRANSFORMS, t, f'transforms[{i}]')
         for i, t in enumerate(cfg['transforms'])
     ]
-    if cfg['reconstruction'] is not None and stage_callback is None:
-        hook = build_checked(HOOKS, cfg['reconstruction'], 'reconstruction')
-
-        def stage_callback(name: str, **kwargs) -> None:
-            if hasattr(hook, name):
-                getattr(hook, name)(None, **kwargs)
+    reconstruction = None if cfg['reconstruction'] is None else build_checked(
+        RECONSTRUCTIONS, cfg['reconstruction'], 'reconstruction')
+    stage = stage_callback or (lambda name, **kwargs: None)
 
     model.eval()
     run = run_batch(model)
@@ -366,21 +368,18 @@ def quantize_model(
     summary = prepare(model, cfg, calls, call_counts=call_counts)
     for transform in transforms:
         transform.before_calibration(model, ctx)
-    stage = stage_callback or (lambda name, **kwargs: None)
     stage('before_calibration', model=model)
-    print_log(f'mmptq: calibrating {len(quantizers(model))} quantizers on '
-              f'{len(batches)} batches ({mode})', logger='current')
+    print_log(f'mmptq: calibrating {len(find_quantizers(model))} quantizers '
+              f'on {len(batches)} batches ({mode})', logger='current')
     calibrate(model, batches, run, mode)
     for transform in transforms:
         transform.after_calibration(model, ctx)
         summary.transforms.extend(transform.rows)
+    if reconstruction is not None:
+        summary.reconstruction.extend(
+            reconstruction.reconstruct(model, batches, run, work_dir))
     stage('after_calibration', model=model, calib_data=batches,
           run_batch=run, summary=summary)
-    if cfg['reconstruction'] is not None and not summary.reconstruction:
-        raise RuntimeError(
-            'quant_cfg.reconstruction is set but no reconstruction hook ran '
-            'at after_calibration: with a stage_callback, register the hook '
-            '(CalibrationLoop does)')
     unreached = freeze(model)
     if unreached:
         print_log(f'mmptq: {len(unreached)} quantizers saw no calibration '

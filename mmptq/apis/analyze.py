@@ -9,13 +9,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.config import Config
-from mmengine.hub import get_config
-from mmengine.registry import init_default_scope
+from mmengine.registry import MODELS, init_default_scope
 from torch import Tensor, nn
 
-from .quantize import quantize_model
-from .summary import QuantSummary
+from mmptq.core import QuantSummary, quantize_model
+from .benchmark import PeakMemory
+from .runner_setup import load_config
 
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -41,11 +40,6 @@ def image_like(num: int, size: Tuple[int, int], seed: int = 0) -> List[Tensor]:
     return imgs
 
 
-def load_config(path: str) -> Config:
-    """A config file, or a packaged one as ``'mmdet::swin/....py'``."""
-    return get_config(path) if '::' in path else Config.fromfile(path)
-
-
 def build_random_model(config: str, cfg_options: Optional[dict] = None
                        ) -> Tuple[nn.Module, str]:
     """(model with random weights, scope) from a config file; pretrained
@@ -59,7 +53,6 @@ def build_random_model(config: str, cfg_options: Optional[dict] = None
                          f'{SCOPES} configs')
     init_default_scope(scope)
     _drop_pretrained(cfg.model)
-    from mmengine.registry import MODELS
     return MODELS.build(cfg.model).eval(), scope
 
 
@@ -125,7 +118,6 @@ def quantization_sqnr(model: nn.Module, scope: str, quant_cfg: dict,
                       calib: List[dict], test: dict) -> SQNRResult:
     """SQNR (dB) of ``model`` quantized with ``quant_cfg`` on ``calib``
     against the FP model, measured on the batch ``test``."""
-    from .benchmark import PeakMemory
     ref = tensor_outputs(model, scope, test)
     qmodel = copy.deepcopy(model)
     start = time.perf_counter()

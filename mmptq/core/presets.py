@@ -1,4 +1,6 @@
-"""Quantization presets: ``configs/quant/<name>.py`` files or any path."""
+"""Quantization presets: ``configs/quant/<name>.py`` files, shipped inside
+the package (``mmptq/.mim/configs``, as mmdet / mmpretrain ship theirs),
+or any config file path."""
 import os.path as osp
 from pathlib import Path
 from typing import List
@@ -7,7 +9,10 @@ from mmengine.config import Config
 
 from mmptq.registry import nearest_names
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'quant'
+#: the package's data root: configs/ and the demo checkpoints/ (links to
+#: the repository's folders in a source checkout, copies in a wheel)
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / '.mim'
+PRESET_DIR = PACKAGE_DATA / 'configs' / 'quant'
 
 
 def list_presets() -> List[str]:

@@ -5,9 +5,10 @@ from typing import Dict
 
 from torch import nn
 
-import mmptq
+from mmptq.version import __version__
 from mmptq.nn import apply_adapters
 from mmptq.nn.attention import Call
+from mmptq.registry import MODEL_TRANSFORMS, nearest_names
 from .config import resolve_quant_cfg
 from .quantize import freeze, prepare
 from .summary import QuantSummary
@@ -19,8 +20,8 @@ def quant_meta(summary: QuantSummary) -> Dict:
     """The ``meta['mmptq']`` entry of a quantized checkpoint: mmptq version,
     resolved quant_cfg, attention discovery records and the summary rows."""
     return dict(
-        version=mmptq.__version__,
-        quant_cfg=summary.quant_cfg,
+        version=__version__,
+        quant_cfg=dict(summary.quant_cfg),
         calls={
             host: [dict(asdict(c), shapes=[list(s) for s in c.shapes],
                         out_shape=list(c.out_shape)) for c in calls]
@@ -30,10 +31,6 @@ def quant_meta(summary: QuantSummary) -> Dict:
         summary=[dict(r) for r in summary],
         transforms=[dict(t) for t in summary.transforms],
         reconstruction=[dict(r) for r in summary.reconstruction])
-
-
-def is_quantized_checkpoint(checkpoint: Dict) -> bool:
-    return META_KEY in (checkpoint.get('meta') or {})
 
 
 def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
@@ -55,11 +52,16 @@ def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
             f'lacks {absent[:5]}. Check that the quantized checkpoint was '
             f'made from this config')
     # transforms are not run again: their effect is in the saved weights;
-    # only parameters they added (a bias) must exist to be loaded
+    # only parameters they added must exist to be loaded
     for row in meta.get('transforms', []):
-        for name in row.get('bias_added', []):
-            lin = model.get_submodule(name)
-            lin.bias = nn.Parameter(lin.weight.new_zeros(lin.out_features))
+        name = row['transform']
+        transform = MODEL_TRANSFORMS.get(name)
+        if transform is None:
+            known = nearest_names(name, MODEL_TRANSFORMS.module_dict)
+            raise ValueError(
+                f'the quantized checkpoint was made with the model transform '
+                f'{name!r}, which this mmptq does not have (known: {known})')
+        transform.restore(model, row)
     summary = prepare(model, resolve_quant_cfg(meta['quant_cfg']), calls,
                       calibrate_weights=False,
                       call_counts=meta.get('call_counts'))

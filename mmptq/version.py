@@ -1,0 +1,2 @@
+"""The version of mmptq."""
+__version__ = '0.1.0'
