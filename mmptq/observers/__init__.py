@@ -1,10 +1,11 @@
 from .base import BaseObserver, quantile_rows
 from .minmax import EMAMinMaxObserver, MinMaxObserver, PercentileObserver
+from .mse_grid import MSEGridObserver
 from .search import (MSEObserver, OMSEObserver, PercentileSearchObserver,
                      SearchObserver)
 
 __all__ = [
     'BaseObserver', 'MinMaxObserver', 'EMAMinMaxObserver',
     'PercentileObserver', 'SearchObserver', 'MSEObserver', 'OMSEObserver',
-    'PercentileSearchObserver', 'quantile_rows'
+    'PercentileSearchObserver', 'MSEGridObserver', 'quantile_rows'
 ]

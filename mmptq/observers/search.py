@@ -1,7 +1,7 @@
 """Search observers: pick, per row, the candidate clip range whose fake
 quantization has the lowest L_p error; ranges of several batches are
 averaged (for one batch this is exactly the per-batch search)."""
-from typing import List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +36,16 @@ class SearchObserver(BaseObserver):
 
     def batch_range(self, rows: Tensor,
                     quantizer: nn.Module) -> Tuple[Tensor, Tensor]:
+        return self.select(rows, quantizer, self.candidates(rows))
+
+    def select(self, rows: Tensor, quantizer: nn.Module,
+               candidates: Iterable[Tuple[Tensor, Tensor]]
+               ) -> Tuple[Tensor, Tensor]:
+        """Per row, the first candidate (lo, hi) in ``candidates`` order
+        with the lowest ``lp_error`` (strict improvement replaces). The
+        candidates may be a generator: one is held at a time."""
         best_lo = best_hi = best_err = None
-        for lo, hi in self.candidates(rows):
+        for lo, hi in candidates:
             err = lp_error(rows, lo, hi, quantizer, self.p)
             if best_err is None:
                 best_lo, best_hi, best_err = lo, hi, err
@@ -51,9 +59,20 @@ class SearchObserver(BaseObserver):
 
 @OBSERVERS.register_module()
 class MSEObserver(SearchObserver):
-    """Shrink search (QDrop's MSE observer): candidates
-    [α_i·min, α_i·max], α_i = 1 − ``step``·i, i = 0..``num_candidates``−1,
-    scored by mean |x − x̂|^p with p = 2.4 by default.
+    """Shrink search of [min, max]: candidates [α_i·min, α_i·max],
+    α_i = 1 − ``step``·i, i = 0..``num_candidates``−1, scored by mean
+    |x − x̂|^p (p = 2.4 by default), the first lowest kept.
+
+    This is BRECQ's ``scale_method='mse'`` (yhhhli/BRECQ,
+    quant/quant_layer.py, ``UniformAffineQuantizer.init_quantization_scale``:
+    80 factors 1 − 0.01·i, L2.4 mean), which QDrop's first release kept
+    (wimh966/QDrop, quant/quant_layer.py); here 100 factors by default
+    (down to α = 0.01), and the range is widened to contain 0 by the
+    quantizer (BRECQ keeps a one-signed row's [α·min, α·max]). It is a 1-D
+    search: for an asymmetric quantizer every candidate has the zero point
+    of [min, max]. QDrop's later ``MSEObserver`` (qdrop/quantization/
+    observer.py) searches ranges × every zero point instead: that is
+    :class:`MSEGridObserver`.
 
     ``running_range=False``: [min, max] of each batch, and the batch
     winners are averaged over the batches. ``running_range=True`` (FQ-ViT's
