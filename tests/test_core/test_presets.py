@@ -8,7 +8,7 @@ from mmengine.config import Config
 
 from mmptq.apis import list_presets, load_quant_cfg, resolve_quant_cfg
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '**', '*.py'),
                           recursive=True))
 #: configs that quantize (file names end with the preset: ..._w4a4.py)

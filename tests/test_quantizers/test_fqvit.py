@@ -7,7 +7,6 @@ FQ-ViT's activation quantizer (uint8, asymmetric, per tensor):
 s = (max − min) / 255, z = −round(min / s) (min ≤ 0 ≤ max here)."""
 import copy
 import math
-import sys
 from os import path as osp
 
 import pytest
@@ -21,9 +20,8 @@ from mmptq.nn import QuantLayerNorm
 from mmptq.quantizers import (LISQuantizer, PTFQuantizer, UniformQuantizer,
                               int_exp, log_int_softmax)
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from test_observers import calibrate  # noqa: E402
-from toy_models import TinyViT  # noqa: E402
+from helpers import calibrate
+from toy_models import TinyViT
 
 STUDY = ['minmax_w8a8', 'ema_w8a8', 'percentile_w8a8', 'omse_w8a8']
 
@@ -391,7 +389,7 @@ def _ptf_worker(rank: int, init_file: str, out_dir: str) -> None:
     import os
 
     import torch.distributed as torch_dist
-    from test_distributed import loopback_env
+    from helpers import loopback_env
     os.environ.update(loopback_env())
     torch.set_num_threads(1)
     torch_dist.init_process_group('gloo', init_method=f'file://{init_file}',

@@ -18,13 +18,14 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from e2e_utils import MASK_RCNN_CFG, make_tiny_coco, write_config
+from helpers import loopback_env
 from torch import nn
 
 import mmptq  # noqa: F401  (registration)
 from mmptq.apis import quantize_model
 from mmptq.quantizers import UniformQuantizer
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 WORLD = 2
 OBSERVERS = ['MinMaxObserver', 'MSEObserver', 'OMSEObserver',
              'PercentileSearchObserver', 'EMAMinMaxObserver',
@@ -32,18 +33,6 @@ OBSERVERS = ['MinMaxObserver', 'MSEObserver', 'OMSEObserver',
 EXACT = {'MinMaxObserver'}
 RUNNING_MEAN = {'MSEObserver', 'OMSEObserver', 'PercentileSearchObserver'}
 EMA = {'EMAMinMaxObserver', 'PercentileObserver'}
-
-
-def loopback_env() -> dict:
-    """Environment that keeps gloo on the loopback interface."""
-    env = dict(os.environ)
-    names = {name for _, name in socket.if_nameindex()}
-    for name in ('lo', 'lo0'):
-        if name in names:
-            env['GLOO_SOCKET_IFNAME'] = name
-            break
-    env.update(MASTER_ADDR='127.0.0.1', OMP_NUM_THREADS='1')
-    return env
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ from torch import nn
 from mmptq.apis import quantize_model
 from mmptq.nn import QuantLinear
 from mmptq.transforms import fold_reparam, reparam_params, trace_norm_uses
+from helpers import BACKBONES
 
 W4A4_REPQ = dict(
     w_bits=4, a_bits=4,
@@ -167,34 +168,6 @@ def test_repq_reduces_error_on_channel_outliers():
     assert errs['repq'] < 0.5 * errs['plain'], errs
 
 
-BACKBONES = {
-    'mmdet Swin': ('mmdet', dict(
-        type='SwinTransformer', embed_dims=32, depths=[2, 2],
-        num_heads=[2, 4], window_size=4, out_indices=(0, 1),
-        strides=(4, 2), init_cfg=None), (1, 3, 64, 64)),
-    'mmdet Swin, padded windows': ('mmdet', dict(
-        type='SwinTransformer', embed_dims=32, depths=[2, 2],
-        num_heads=[2, 4], window_size=7, out_indices=(0, 1),
-        strides=(4, 2), init_cfg=None), (1, 3, 64, 96)),
-    'mmpretrain ViT': ('mmpretrain', dict(
-        type='VisionTransformer', arch=dict(embed_dims=64, num_layers=2,
-                                            num_heads=4,
-                                            feedforward_channels=128),
-        img_size=32, patch_size=8), (2, 3, 32, 32)),
-    'mmpretrain Swin': ('mmpretrain', dict(
-        type='SwinTransformer', arch=dict(embed_dims=32, depths=[2, 2],
-                                          num_heads=[2, 4]),
-        img_size=64, window_size=4, out_indices=(1, ), stage_cfgs=dict(
-            downsample_cfg=dict())), (1, 3, 64, 64)),
-    'mmseg ViT': ('mmseg', dict(
-        type='VisionTransformer', img_size=(32, 32), patch_size=8,
-        embed_dims=64, num_layers=2, num_heads=4, mlp_ratio=2,
-        out_indices=(1, )), (1, 3, 32, 32)),
-    'mmseg Swin': ('mmseg', dict(
-        type='SwinTransformer', embed_dims=32, depths=[2, 2],
-        num_heads=[2, 4], window_size=4, strides=(4, 2),
-        out_indices=(0, 1)), (1, 3, 64, 64)),
-}
 
 
 @pytest.mark.parametrize('name', list(BACKBONES))

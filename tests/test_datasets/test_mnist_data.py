@@ -24,7 +24,7 @@ from mmptq.datasets import (MnistError, MnistSource, build_all,
 from mmptq.datasets import mnist as mnist_mod
 from mmptq.datasets.mnist import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 NUM_TRAIN, NUM_VAL = 10, 6
 SIZES = dict(num_train=NUM_TRAIN, num_val=NUM_VAL)
 # pycocotools 2.0.x decoding masks under numpy 2

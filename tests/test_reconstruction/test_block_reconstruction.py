@@ -1,6 +1,5 @@
 """Block reconstruction: AdaRound numerics, partition, cache, resume, and
 the effect each method exists for (lower block output error)."""
-import copy
 import os
 import os.path as osp
 import subprocess
@@ -21,9 +20,10 @@ from mmptq.reconstruction import (BlockReconstruction, BRECQReconstruction,
 from mmptq.reconstruction.capture import quantization_off
 from mmptq.reconstruction.pdquant import correct_distribution
 from mmptq.reconstruction.qdrop import activation_drop
-from toy_models import TinyCNN, TinyViT
+from helpers import BACKBONES, quantized_vit
+from toy_models import TinyCNN
 
-HERE = osp.dirname(osp.abspath(__file__))
+TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def calibrated(bits=4, observer='MinMaxObserver', granularity='channel',
@@ -97,16 +97,6 @@ def test_adaround_needs_calibrated_quantizer():
 
 
 # -- partition -----------------------------------------------------------
-def quantized_vit(recon=None, seed=0, **cfg):
-    torch.manual_seed(seed)
-    model = TinyViT().eval()
-    data = [torch.randn(8, 3, 16, 16) for _ in range(3)]
-    fp = copy.deepcopy(model)
-    q, summary = quantize_model(
-        model, dict(w_bits=4, a_bits=4, reconstruction=recon, **cfg), data)
-    return fp, q, summary, data
-
-
 def test_partition_of_a_vit_splits_attention_and_mlp():
     _, q, _, _ = quantized_vit()
     assert find_units(q) == [
@@ -217,7 +207,7 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     import torch
     from mmptq.reconstruction import ReconstructionState
-    from test_reconstruction import quantized_vit
+    from helpers import quantized_vit
     kill_after = int(sys.argv[2])
     if kill_after:
         save = ReconstructionState.save
@@ -235,7 +225,7 @@ SCRIPT = textwrap.dedent('''
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
     script = tmp_path / 'run.py'
-    script.write_text(SCRIPT.format(tests=HERE))
+    script.write_text(SCRIPT.format(tests=TESTS))
 
     def run(work_dir, kill_after):
         return subprocess.run(
@@ -371,7 +361,6 @@ def test_partition_of_mm_backbones():
     into attention and MLP units; ResNet blocks are units."""
     from mmengine.registry import init_default_scope
 
-    from test_repq import BACKBONES
     cases = dict(BACKBONES)
     cases['mmdet ResNet'] = ('mmdet', dict(type='ResNet', depth=18,
                                            base_channels=8), (1, 3, 32, 32))

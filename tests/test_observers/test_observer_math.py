@@ -21,19 +21,12 @@ from mmptq.observers import (EMAMinMaxObserver, MinMaxObserver, MSEObserver,
                              PercentileSearchObserver, quantile_rows)
 from mmptq.quantizers import Log2Quantizer, UniformQuantizer
 from mmptq.registry import OBSERVERS
+from helpers import calibrate
 
 ALL_OBSERVERS = [
     'MinMaxObserver', 'EMAMinMaxObserver', 'PercentileObserver',
     'MSEObserver', 'OMSEObserver', 'PercentileSearchObserver'
 ]
-
-
-def calibrate(quantizer, *batches):
-    quantizer.observing = True
-    for batch in batches:
-        quantizer(batch)
-    quantizer.observing = False
-    return quantizer
 
 
 def heavy_tailed(shape, seed):

@@ -12,7 +12,7 @@ from mmptq.apis.convert import convert_itpn_checkpoint  # noqa: E402
 from mmptq.apis.analyze import build_random_model  # noqa: E402
 from mmptq.models.convert_itpn import convert_itpn_state_dict  # noqa: E402
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ITPN_B = osp.join(ROOT, 'configs/mmpretrain/itpn/itpn-pixel_hivit-base-p16_in1k.py')
 ITPN_L = osp.join(ROOT, 'configs/mmpretrain/itpn/itpn-pixel_hivit-large-p16_in1k.py')
 

@@ -16,6 +16,7 @@ from mmptq.quantizers import (Log2Quantizer, LogSqrt2Quantizer,
                               UniformQuantizer, check_bits, grad_scale,
                               round_ste)
 from mmptq.registry import QUANTIZERS, build_checked
+from helpers import calibrate
 
 UNIFORM_MODES = [
     # (symmetric, signed)
@@ -24,15 +25,6 @@ UNIFORM_MODES = [
     (True, True),
     (True, False),
 ]
-
-
-def calibrated(quantizer, *batches):
-    """Run the batches through ``quantizer`` in observing mode."""
-    quantizer.observing = True
-    for batch in batches:
-        quantizer(batch)
-    quantizer.observing = False
-    return quantizer
 
 
 def qrange(bits, signed):
@@ -81,7 +73,7 @@ def assert_exact(actual, expected):
     ])
 def test_uniform_qparams_from_minmax(bits, symmetric, signed, data, scale,
                                      zero_point):
-    q = calibrated(
+    q = calibrate(
         UniformQuantizer(bits=bits, symmetric=symmetric, signed=signed),
         torch.tensor(data))
     assert q.scale.shape == (1, ) and q.zero_point.shape == (1, )
@@ -102,7 +94,7 @@ def test_uniform_signed_defaults_to_symmetric():
 # ---------------------------------------------------------------------------
 def test_uniform_fake_quant_hand_numbers_asymmetric():
     # s = 0.1, z = 5, [q_min, q_max] = [0, 15]: representable [-0.5, 1.0]
-    q = calibrated(UniformQuantizer(bits=4), torch.tensor([-0.5, 1.0]))
+    q = calibrate(UniformQuantizer(bits=4), torch.tensor([-0.5, 1.0]))
     x = torch.tensor(
         [-0.9, -0.5, -0.26, 0.0, 0.04, 0.31, 0.66, 1.0, 1.2, 5.0])
     # x/s:   -9   -5  -2.6  0  0.4  3.1  6.6  10  12  50
@@ -116,7 +108,7 @@ def test_uniform_fake_quant_hand_numbers_asymmetric():
 
 def test_uniform_fake_quant_hand_numbers_symmetric():
     # s = 2·0.7/15, z = 0, [q_min, q_max] = [-8, 7]
-    q = calibrated(
+    q = calibrate(
         UniformQuantizer(bits=4, symmetric=True), torch.tensor([-0.7, 0.35]))
     s = 1.4 / 15
     x = torch.tensor([-1.0, -0.75, -0.2, 0.1, 0.35, 0.66, 0.9])
@@ -132,7 +124,7 @@ def test_uniform_formula_and_grid(bits, symmetric, signed):
     calib = torch.randn(257, generator=gen) * 2 + 0.3
     if symmetric and not signed:
         calib = calib.abs()
-    q = calibrated(
+    q = calibrate(
         UniformQuantizer(bits=bits, symmetric=symmetric, signed=signed),
         calib)
     qmin, qmax = qrange(bits, signed)
@@ -203,13 +195,13 @@ def test_per_channel_equals_per_tensor_on_each_channel(ch_axis, symmetric,
         x = x.abs()
     x2 = torch.randn(3, 4, 5, generator=gen) * 3
     cfg = dict(bits=4, symmetric=symmetric, signed=signed)
-    per_ch = calibrated(
+    per_ch = calibrate(
         UniformQuantizer(granularity='channel', ch_axis=ch_axis, **cfg), x)
     out, out2 = per_ch(x), per_ch(x2)
     n_ch = x.shape[ch_axis]
     assert per_ch.scale.shape == (n_ch, )
     for c in range(n_ch):
-        ref = calibrated(UniformQuantizer(**cfg), x.select(ch_axis, c))
+        ref = calibrate(UniformQuantizer(**cfg), x.select(ch_axis, c))
         torch.testing.assert_close(per_ch.scale[c:c + 1], ref.scale)
         assert_exact(per_ch.zero_point[c:c + 1], ref.zero_point)
         torch.testing.assert_close(
@@ -223,10 +215,10 @@ def test_log_per_channel_equals_per_tensor_on_each_channel(cls):
     gen = torch.Generator().manual_seed(4)
     x = torch.rand(2, 3, 16, generator=gen) * torch.tensor([1.0, 0.3,
                                                            0.05])[:, None]
-    per_ch = calibrated(cls(bits=3, granularity='channel', ch_axis=1), x)
+    per_ch = calibrate(cls(bits=3, granularity='channel', ch_axis=1), x)
     out = per_ch(x)
     for c in range(3):
-        ref = calibrated(cls(bits=3), x[:, c])
+        ref = calibrate(cls(bits=3), x[:, c])
         torch.testing.assert_close(per_ch.scale[c:c + 1], ref.scale)
         torch.testing.assert_close(out[:, c], ref(x[:, c]))
 
@@ -246,7 +238,7 @@ def test_per_group_equals_per_tensor_on_each_group(shape, ch_axis, group_size,
     x = torch.randn(shape, generator=gen) * torch.linspace(
         0.1, 3, numel).reshape(shape)
     cfg = dict(bits=3, symmetric=symmetric)
-    grp = calibrated(
+    grp = calibrate(
         UniformQuantizer(
             granularity='group', ch_axis=ch_axis, group_size=group_size,
             **cfg), x)
@@ -261,7 +253,7 @@ def test_per_group_equals_per_tensor_on_each_group(shape, ch_axis, group_size,
     for c in range(lead_x.shape[0]):
         for g in range(n_groups):
             cols = slice(g * group_size, (g + 1) * group_size)
-            ref = calibrated(UniformQuantizer(**cfg), lead_x[c, cols])
+            ref = calibrate(UniformQuantizer(**cfg), lead_x[c, cols])
             torch.testing.assert_close(lead_out[c, cols],
                                        ref(lead_x[c, cols]))
             torch.testing.assert_close(grp.scale[c * n_groups + g],
@@ -282,7 +274,7 @@ def test_group_size_must_divide():
 # ---------------------------------------------------------------------------
 def test_straight_through_gradient():
     # s = 0.1, z = 5: grid [-0.5, 1.0]
-    q = calibrated(UniformQuantizer(bits=4), torch.tensor([-0.5, 1.0]))
+    q = calibrate(UniformQuantizer(bits=4), torch.tensor([-0.5, 1.0]))
     x = torch.tensor([-0.9, -0.6, -0.44, -0.13, 0.0, 0.52, 0.97, 1.2, 3.0],
                      requires_grad=True)
     q(x).sum().backward()
@@ -342,7 +334,7 @@ def test_lsq_scale_gradient_per_channel():
 
 def test_learn_scale_then_freeze():
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
-    q = calibrated(UniformQuantizer(bits=4, granularity='channel'), x)
+    q = calibrate(UniformQuantizer(bits=4, granularity='channel'), x)
     before = q(x)
     scale = q.learn_scale()
     assert q.learn_scale() is scale  # idempotent
@@ -362,9 +354,9 @@ def test_learn_scale_then_freeze():
 
 
 def test_observing_again_turns_learnt_scale_into_buffer():
-    q = calibrated(UniformQuantizer(bits=4), torch.tensor([-1.0, 1.0]))
+    q = calibrate(UniformQuantizer(bits=4), torch.tensor([-1.0, 1.0]))
     q.learn_scale()
-    calibrated(q, torch.tensor([-2.0, 2.0]))
+    calibrate(q, torch.tensor([-2.0, 2.0]))
     assert 'scale' in q._buffers and list(q.parameters()) == []
 
 
@@ -386,7 +378,7 @@ def test_state_dict_round_trip_into_fresh_quantizer(cfg, freeze):
     x = torch.rand(3, 8, generator=gen) * 4 - 1
     if 'Log' in cfg['type']:
         x = x.abs()
-    q = calibrated(QUANTIZERS.build(cfg), x, x * 0.5)
+    q = calibrate(QUANTIZERS.build(cfg), x, x * 0.5)
     if freeze:
         q.freeze()
     expected = q(x)
@@ -400,8 +392,8 @@ def test_state_dict_round_trip_into_fresh_quantizer(cfg, freeze):
     if not freeze:
         # the observer's state came along: calibration continues identically
         x3 = x * 2
-        calibrated(q, x3)
-        calibrated(fresh, x3)
+        calibrate(q, x3)
+        calibrate(fresh, x3)
         assert_exact(fresh.scale, q.scale)
         assert_exact(fresh(x), q(x))
 
@@ -432,7 +424,7 @@ def test_use_before_calibration_is_an_error():
 def test_degenerate_range_stays_finite():
     """A layer that saw only zeros during calibration (a dead channel) must
     not turn later inputs into NaN: x/s may overflow for the tiny step."""
-    q = calibrated(
+    q = calibrate(
         UniformQuantizer(bits=8, granularity='channel'), torch.zeros(2, 4))
     x = torch.tensor([[0.0, 1.0, 10.0, -1e6], [3e38, -3e38, 5.0, 0.5]])
     for requires_grad in (False, True):  # inference / reconstruction
@@ -444,7 +436,7 @@ def test_degenerate_range_stays_finite():
             out.sum().backward()
             assert torch.isfinite(xx.grad).all()
     for cls in (Log2Quantizer, LogSqrt2Quantizer):
-        lq = calibrated(cls(bits=4), torch.zeros(4))
+        lq = calibrate(cls(bits=4), torch.zeros(4))
         for requires_grad in (False, True):
             xx = torch.tensor([0.0, 1.0, 10.0, 1e30],
                               requires_grad=requires_grad)
@@ -476,7 +468,7 @@ def test_round_ste_and_grad_scale():
 @pytest.mark.parametrize('s', [1.0, 0.8])
 def test_log_levels_hand_made(cls, tau, s):
     bits = 3  # q = 0..7
-    q = calibrated(cls(bits=bits), torch.tensor([0.01, s, 0.3 * s]))
+    q = calibrate(cls(bits=bits), torch.tensor([0.01, s, 0.3 * s]))
     torch.testing.assert_close(q.scale, torch.tensor([s]))
     e = [
         # at the levels
@@ -522,7 +514,7 @@ def ref_log_sqrt2(x, s, bits):
 def test_log_sqrt2_equals_repq_integer_form(bits):
     gen = torch.Generator().manual_seed(bits)
     s = 0.7
-    q = calibrated(LogSqrt2Quantizer(bits=bits), torch.tensor([0.0, s]))
+    q = calibrate(LogSqrt2Quantizer(bits=bits), torch.tensor([0.0, s]))
     # exponents spanning the whole grid and beyond, capped to keep float32
     # normal (2^-126)
     t_max = min(2**bits + 6, 230)
@@ -548,7 +540,7 @@ def test_log_sqrt2_equals_repq_integer_form(bits):
 @pytest.mark.parametrize('cls', [Log2Quantizer, LogSqrt2Quantizer])
 @pytest.mark.parametrize('bits', list(range(2, 17)))
 def test_log_zero_maps_to_zero_for_every_bit_width(cls, bits):
-    q = calibrated(cls(bits=bits), torch.tensor([0.0, 0.5, 1.0]))
+    q = calibrate(cls(bits=bits), torch.tensor([0.0, 0.5, 1.0]))
     assert_exact(q(torch.tensor([0.0, -0.5, -1e-3])), torch.zeros(3))
     assert q(torch.tensor([1.0])).item() == 1.0
 
@@ -556,7 +548,7 @@ def test_log_zero_maps_to_zero_for_every_bit_width(cls, bits):
 @pytest.mark.parametrize('bits', [2, 4])
 def test_log2_output_set(bits):
     s = 0.9
-    q = calibrated(Log2Quantizer(bits=bits), torch.tensor([s]))
+    q = calibrate(Log2Quantizer(bits=bits), torch.tensor([s]))
     gen = torch.Generator().manual_seed(0)
     x = s * torch.rand(2000, generator=gen)**4
     levels = {
@@ -571,7 +563,7 @@ def test_log2_output_set(bits):
 
 
 def test_log_gradient_is_straight_through():
-    q = calibrated(LogSqrt2Quantizer(bits=4), torch.tensor([1.0]))
+    q = calibrate(LogSqrt2Quantizer(bits=4), torch.tensor([1.0]))
     x = torch.tensor([0.6, 0.1, 0.02], requires_grad=True)
     q(x).sum().backward()
     assert torch.isfinite(x.grad).all() and (x.grad != 0).all()
