@@ -27,11 +27,12 @@ from mmptq.quantizers import UniformQuantizer
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 WORLD = 2
-OBSERVERS = ['MinMaxObserver', 'MSEObserver', 'OMSEObserver',
-             'PercentileSearchObserver', 'EMAMinMaxObserver',
+OBSERVERS = ['MinMaxObserver', 'MSEObserver', 'MSEGridObserver',
+             'OMSEObserver', 'PercentileSearchObserver', 'EMAMinMaxObserver',
              'PercentileObserver']
 EXACT = {'MinMaxObserver'}
-RUNNING_MEAN = {'MSEObserver', 'OMSEObserver', 'PercentileSearchObserver'}
+RUNNING_MEAN = {'MSEObserver', 'MSEGridObserver', 'OMSEObserver',
+                'PercentileSearchObserver'}
 EMA = {'EMAMinMaxObserver', 'PercentileObserver'}
 
 
