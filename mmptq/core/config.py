@@ -47,7 +47,8 @@ DEFAULT_QUANT_CFG: Dict = dict(
         mode='sequential', dataloader=None),
 )
 
-OVERRIDE_KEYS = ('name', 'skip', 'w_bits', 'a_bits', 'weight', 'act')
+OVERRIDE_KEYS = ('name', 'first_op', 'skip', 'w_bits', 'a_bits', 'weight',
+                 'act')
 CALIB_MODES = ('sequential', 'parallel')
 
 
@@ -106,12 +107,18 @@ def resolve_quant_cfg(
     if not isinstance(cfg['overrides'], (list, tuple)):
         raise ValueError('quant_cfg.overrides must be a list of dicts')
     for i, ov in enumerate(cfg['overrides']):
-        if not isinstance(ov, dict) or 'name' not in ov:
+        if not isinstance(ov, dict) or (('name' in ov) == bool(
+                ov.get('first_op'))):
             raise ValueError(f'quant_cfg.overrides[{i}] must be a dict with '
-                             f'a "name" regex, got {ov!r}')
+                             f'either a "name" regex or first_op=True, got '
+                             f'{ov!r}')
         _check_keys(ov, OVERRIDE_KEYS, f'overrides[{i}].')
+        if 'first_op' in ov and ov['first_op'] is not True:
+            raise ValueError(f'quant_cfg.overrides[{i}].first_op='
+                             f'{ov["first_op"]!r}: use first_op=True, or a '
+                             f'"name" regex')
         try:
-            re.compile(ov['name'])
+            re.compile(ov.get('name', ''))
         except re.error as e:
             raise ValueError(f'quant_cfg.overrides[{i}].name='
                              f"{ov['name']!r} is not a valid regex: {e}")
@@ -200,12 +207,24 @@ class LayerRules:
     """Per-layer settings from a resolved quant_cfg and its overrides.
 
     An override applies to a layer when its ``name`` regex matches the
-    layer name in full (``re.fullmatch``); later overrides win."""
+    layer name in full (``re.fullmatch``), or, with ``first_op=True``, to
+    ``first_op``: the first op with a weight that the model runs (the one
+    that reads the image: patch embedding or stem conv, whatever its name).
+    Later overrides win."""
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, first_op: Optional[str] = None) -> None:
         self.cfg = cfg
-        self.overrides = [(re.compile(o['name']), o) for o in cfg['overrides']]
+        self.overrides = [
+            (re.compile(o['name']) if 'name' in o else None, o)
+            for o in cfg['overrides']
+        ]
+        self.first_op = first_op
         self.used = [False] * len(self.overrides)
+
+    def _matches(self, pattern: Optional[re.Pattern], names) -> bool:
+        if pattern is None:  # first_op=True
+            return self.first_op is not None and names[0] == self.first_op
+        return any(pattern.fullmatch(n) for n in names)
 
     def for_layer(self, *names: str) -> dict:
         """dict(skip, w_bits, a_bits, weight, act) for a layer known by
@@ -217,7 +236,7 @@ class LayerRules:
             weight=copy.deepcopy(self.cfg['weight']),
             act=copy.deepcopy(self.cfg['act']))
         for i, (pattern, ov) in enumerate(self.overrides):
-            if not any(pattern.fullmatch(n) for n in names):
+            if not self._matches(pattern, names):
                 continue
             self.used[i] = True
             for key in ('skip', 'w_bits', 'a_bits'):
@@ -229,6 +248,7 @@ class LayerRules:
         return rule
 
     def unused(self) -> List[str]:
-        """Override regexes that matched no layer."""
-        return [o['name'] for (_, o), u in zip(self.overrides, self.used)
-                if not u]
+        """The overrides that matched no layer, as ``name='regex'`` or
+        ``first_op=True``."""
+        return [f"name={o['name']!r}" if 'name' in o else 'first_op=True'
+                for (_, o), u in zip(self.overrides, self.used) if not u]

@@ -98,41 +98,53 @@ def find_quantizers(model: nn.Module) -> List[BaseQuantizer]:
     return [m for m in model.modules() if isinstance(m, BaseQuantizer)]
 
 
-def discover(model: nn.Module, batch,
-             run: Callable) -> Tuple[Dict[str, list], Dict[str, int]]:
+def _has_matrix_weight(mod: nn.Module) -> bool:
+    weight = getattr(mod, 'weight', None)
+    return isinstance(weight, torch.Tensor) and weight.dim() >= 2
+
+
+def discover(
+    model: nn.Module, batch, run: Callable
+) -> Tuple[Dict[str, list], Dict[str, int], Optional[str]]:
     """Apply the adapters, then run one FP forward of ``batch`` and return
-    the matmul / softmax / SDPA calls of every module and, for the modules
-    that run more than once per forward of the model (a head shared by the
-    FPN levels), their number of calls (see ``prepare``)."""
+    the matmul / softmax / SDPA calls of every module; for the modules that
+    run more than once per forward of the model (a head shared by the FPN
+    levels), their number of calls; and the first op with a weight that the
+    forward runs (the layer that reads the image, for the ``first_op``
+    overrides). See ``prepare``."""
     for name, adapter in apply_adapters(model).items():
         print_log(f'mmptq: {name} → {adapter}', logger='current')
-    counts: Dict[str, int] = {}
+    counts: Dict[str, int] = {}  # in the order of the first call
     calls = record_calls(model, lambda: run(batch), counts)
     forwards = max(counts.get('', 1), 1)  # of the root: once per batch
+    modules = dict(model.named_modules())
+    first_op = next((name for name in counts if name and
+                     _has_matrix_weight(modules[name])), None)
     return calls, {name: n // forwards for name, n in counts.items()
-                   if name and n // forwards > 1}
+                   if name and n // forwards > 1}, first_op
 
 
 def prepare(model: nn.Module,
             cfg: QuantConfig,
             calls: Dict[str, list],
             calibrate_weights: bool = True,
-            call_counts: Optional[Dict[str, int]] = None) -> QuantSummary:
+            call_counts: Optional[Dict[str, int]] = None,
+            first_op: Optional[str] = None) -> QuantSummary:
     """Wrap every quantizable op according to the resolved ``cfg`` and the
     recorded attention ``calls`` (from ``discover``, or saved with a
     quantized checkpoint, then without ``calibrate_weights``). An op that
     runs K > 1 times per forward (``call_counts``) gets a
     ``PerCallQuantizer`` input quantizer (one per call; the weight
-    quantizer is shared). Returns the per-layer summary, which also keeps
-    ``cfg``, ``calls`` and ``call_counts``."""
+    quantizer is shared); ``first_op`` is the op the ``first_op``
+    overrides select. Returns the per-layer summary, which also keeps
+    ``cfg``, ``calls``, ``call_counts`` and ``first_op``."""
     call_counts = dict(call_counts or {})
     summary = QuantSummary(quant_cfg=cfg, calls=calls,
-                           call_counts=call_counts)
-    rules = LayerRules(cfg)
+                           call_counts=call_counts, first_op=first_op)
+    rules = LayerRules(cfg, first_op)
 
     for name, mod in list(model.named_modules()):
-        weight = getattr(mod, 'weight', None)
-        if not name or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        if not name or not _has_matrix_weight(mod):
             continue
         wrapper, reason = _wrapper_for(mod)
         rule = rules.for_layer(name)
@@ -218,8 +230,8 @@ def prepare(model: nn.Module,
     if any(isinstance(m, PerCallQuantizer) for m in model.modules()) and \
             reset_call_counters not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(reset_call_counters)
-    for regex in rules.unused():
-        print_log(f'mmptq: override name={regex!r} matched no layer',
+    for what in rules.unused():
+        print_log(f'mmptq: override {what} matched no layer',
                   logger='current', level=30)
     return summary
 
@@ -353,7 +365,7 @@ def quantize_model(
     model.eval()
     run = run_batch(model)
     first = next(iter(batches))
-    calls, call_counts = discover(model, first, run)
+    calls, call_counts, first_op = discover(model, first, run)
     mode = cfg['calib']['mode']
 
     def recalibrate(fixed: List[nn.Module]) -> None:
@@ -365,7 +377,8 @@ def quantize_model(
                            recalibrate=recalibrate)
     for transform in transforms:
         transform.before_wrap(model, ctx)
-    summary = prepare(model, cfg, calls, call_counts=call_counts)
+    summary = prepare(model, cfg, calls, call_counts=call_counts,
+                      first_op=first_op)
     for transform in transforms:
         transform.before_calibration(model, ctx)
     stage('before_calibration', model=model)

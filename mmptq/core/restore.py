@@ -28,6 +28,7 @@ def quant_meta(summary: QuantSummary) -> Dict:
             for host, calls in summary.calls.items()
         },
         call_counts=dict(summary.call_counts),
+        first_op=summary.first_op,
         summary=[dict(r) for r in summary],
         transforms=[dict(t) for t in summary.transforms],
         reconstruction=[dict(r) for r in summary.reconstruction])
@@ -64,7 +65,8 @@ def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
         transform.restore(model, row)
     summary = prepare(model, resolve_quant_cfg(meta['quant_cfg']), calls,
                       calibrate_weights=False,
-                      call_counts=meta.get('call_counts'))
+                      call_counts=meta.get('call_counts'),
+                      first_op=meta.get('first_op'))
     summary.transforms = list(meta.get('transforms', []))
     summary.reconstruction = list(meta.get('reconstruction', []))
     freeze(model)

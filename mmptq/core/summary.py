@@ -14,12 +14,16 @@ class QuantSummary(list):
                  rows: Iterable[dict] = (),
                  quant_cfg: Optional[dict] = None,
                  calls: Optional[Dict[str, list]] = None,
-                 call_counts: Optional[Dict[str, int]] = None) -> None:
+                 call_counts: Optional[Dict[str, int]] = None,
+                 first_op: Optional[str] = None) -> None:
         super().__init__(rows)
         self.quant_cfg = quant_cfg
         self.calls = calls or {}
         #: ops run K > 1 times per forward: K (one input quantizer per call)
         self.call_counts = dict(call_counts or {})
+        #: the first op with a weight the model runs (``first_op``
+        #: overrides select it)
+        self.first_op = first_op
         #: what model transforms did (dict rows: transform, target,
         #: consumers, mode, reason, ...)
         self.transforms: List[dict] = []
