@@ -12,15 +12,9 @@
 # fqvit_w8a8_attn4.py adds PTF and Log-Int-Softmax on top of MinMax.
 _observer = dict(type='MinMaxObserver')
 quant_cfg = dict(
-    w_bits=8,
-    a_bits=8,
-    weight=dict(type='UniformQuantizer', symmetric=True,
-                granularity='channel', observer=dict(type='MinMaxObserver')),
-    act=dict(type='UniformQuantizer', granularity='tensor',
-             observer=_observer),
-    norm=dict(type='UniformQuantizer', granularity='tensor',
-              observer=_observer),
-    attn=dict(matmul=True,
-              softmax=dict(type='UniformQuantizer', observer=_observer)),
+    weight=dict(symmetric=True, observer=dict(type='MinMaxObserver')),
+    act=dict(observer=_observer),
+    norm=dict(type='UniformQuantizer', observer=_observer),
+    attn=dict(softmax=dict(type='UniformQuantizer', observer=_observer)),
     calib=dict(num_samples=1000, batch_size=100, mode='parallel'),
 )

@@ -11,20 +11,9 @@
 #    8 bits; LayerNorm, Softmax, GELU and residual adds stay FP;
 #  - sequential calibration (each layer sees quantized inputs).
 _base_ = ['./w4a4.py']
+# (the defaults give the rest of the recipe: per-tensor percentile-searched
+# activations, log-sqrt2 softmax, sequential calibration)
 quant_cfg = dict(
-    weight=dict(
-        type='UniformQuantizer',
-        granularity='channel',
-        observer=dict(type='PercentileSearchObserver')),
-    act=dict(
-        type='UniformQuantizer',
-        granularity='tensor',
-        observer=dict(type='PercentileSearchObserver')),
-    attn=dict(
-        matmul=True,
-        softmax=dict(
-            type='LogSqrt2Quantizer',
-            observer=dict(type='PercentileSearchObserver'))),
+    weight=dict(observer=dict(type='PercentileSearchObserver')),
     transforms=[dict(type='RepQReparam')],
-    calib=dict(mode='sequential'),
 )
