@@ -2,6 +2,7 @@
 apis → engine → core → components → nn → quantizers → observers → registry,
 there is no import cycle, and every module imports in a fresh interpreter."""
 import ast
+import os
 import os.path as osp
 import pkgutil
 import subprocess
@@ -96,6 +97,33 @@ def test_imports_only_go_down():
             if not dst or LAYERS[dst] >= LAYERS[src]:
                 wrong.append(f'{_path(module)}:{line}: {src} (layer '
                              f'{LAYERS[src]}) imports {target}')
+    assert not wrong, '\n'.join(wrong)
+
+
+def test_tools_call_the_apis():
+    """The tools are thin CLIs over ``mmptq.apis`` (``import mmptq`` for
+    registration; build_data.py is the CLI of the demo data package)."""
+    tools = osp.join(osp.dirname(PACKAGE_DIR), 'tools')
+    wrong = []
+    for name in sorted(os.listdir(tools)):
+        if not name.endswith('.py'):
+            continue
+        with open(osp.join(tools, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                mods = [node.module or '']
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            for mod in mods:
+                if not mod.startswith('mmptq') or mod == 'mmptq' or \
+                        mod.startswith('mmptq.apis'):
+                    continue
+                if name == 'build_data.py' and mod == 'mmptq.datasets':
+                    continue
+                wrong.append(f'tools/{name}:{node.lineno}: {mod}')
     assert not wrong, '\n'.join(wrong)
 
 

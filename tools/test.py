@@ -12,7 +12,7 @@ import argparse
 
 import mmptq  # noqa: F401  (registers mmptq's loops)
 from mmptq.apis.cli import add_common_args, add_quant_args, load_cfg, parse
-from mmptq.apis.test import test_model
+from mmptq.apis.test import run_test
 
 
 def parse_args() -> argparse.Namespace:
@@ -29,9 +29,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     cfg, quant_cfg = load_cfg(args)
-    test_model(cfg, args.checkpoint, quant_cfg, fp_baseline=args.fp_baseline,
-               out=args.out, show_dir=args.show_dir,
-               unsafe_load=args.unsafe_load)
+    run_test(cfg, args.checkpoint, quant_cfg, fp_baseline=args.fp_baseline,
+             out=args.out, show_dir=args.show_dir,
+             unsafe_load=args.unsafe_load)
 
 
 if __name__ == '__main__':

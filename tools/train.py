@@ -5,17 +5,13 @@
 The upstream ``tools/train.py`` arguments; the Runner does the work. With
 ``--publish OUT`` the last checkpoint is also written without optimizer
 state (what ``checkpoints/demo/`` ships). A thin CLI over
-``mmptq.apis.runner_setup``.
+``mmptq.apis.train``.
 """
 import argparse
-import os.path as osp
-
-import torch
 
 import mmptq  # noqa: F401  (safe checkpoint loading, shims)
 from mmptq.apis.cli import add_common_args, load_run_cfg, parse
-from mmptq.apis.runner_setup import build_runner
-from mmptq.engine import install_safe_loader, publish_checkpoint
+from mmptq.apis.train import train_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,24 +33,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_run_cfg(args)
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    if args.seed is not None:
-        cfg.randomness = dict(cfg.get('randomness', {}), seed=args.seed)
-    install_safe_loader()  # --resume / load_from with weights_only=True
-    runner = build_runner(cfg)
-    runner.train()
-    if args.publish and runner.rank == 0:
-        last = osp.join(cfg.work_dir, 'last_checkpoint')
-        with open(last) as f:
-            src = f.read().strip()
-        sha = publish_checkpoint(src, args.publish,
-                                 getattr(torch, args.publish_dtype))
-        runner.logger.info(f'published {src} -> {args.publish} '
-                           f'(sha256 {sha[:8]})')
+    train_model(load_run_cfg(args), resume=args.resume, seed=args.seed,
+                publish=args.publish, publish_dtype=args.publish_dtype)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ from .runner_setup import (build_runner, configure_quant_test,
                            enable_visualization)
 
 
-def test_model(cfg: Config,
+def run_test(cfg: Config,
                checkpoint: Optional[str],
                quant_cfg: Optional[QuantConfig],
                fp_baseline: bool = False,
