@@ -1,9 +1,11 @@
 """Presets under configs/quant and the example configs under configs/."""
+import copy
 import glob
 import os.path as osp
 import re
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from mmptq.apis import list_presets, load_quant_cfg, resolve_quant_cfg
@@ -23,7 +25,13 @@ def test_presets_are_listed_and_valid():
         assert expected in names
     for name in names:
         cfg = resolve_quant_cfg(load_quant_cfg(name))
-        assert 2 <= cfg['w_bits'] <= 16
+        # the bits its name states (..._w4a4, ..._w8a8_attn4), through the
+        # whole _base_ chain (brecq_w4a4 sets no bits itself)
+        w, a = map(int, re.search(r'_?w(\d+)a(\d+)', name).groups())
+        assert (cfg['w_bits'], cfg['a_bits']) == (w, a), name
+        attn = re.search(r'_attn(\d+)$', name)
+        assert cfg['attn']['softmax_bits'] == (
+            int(attn.group(1)) if attn else None), name
 
 
 @pytest.mark.parametrize('name, w, a', [('w8a8', 8, 8), ('w6a6', 6, 6),
@@ -31,6 +39,97 @@ def test_presets_are_listed_and_valid():
 def test_preset_bits(name, w, a):
     cfg = load_quant_cfg(name)
     assert (cfg['w_bits'], cfg['a_bits']) == (w, a)
+
+
+def changed(base, **changes):
+    """The resolved config of ``base`` (a preset name, or None for the
+    defaults) with ``changes`` applied; a key ``a__b`` is ``cfg[a][b]``."""
+    cfg = copy.deepcopy(dict(resolve_quant_cfg(
+        None if base is None else load_quant_cfg(base))))
+    for key, value in changes.items():
+        *parents, leaf = key.split('__')
+        node = cfg
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return cfg
+
+
+MINMAX = dict(type='MinMaxObserver')
+QDROP = dict(reconstruction=dict(type='QDropReconstruction'),
+             calib__num_samples=1024, calib__batch_size=32)
+
+#: what each preset's header comment says it is, as (base, changes): the
+#: resolved preset must be exactly its base (None: DEFAULT_QUANT_CFG)
+#: with these changes
+PRESET_CLAIMS = {
+    # "Generic recipe": the defaults, only the bits differ
+    'w4a8': (None, dict(w_bits=4, a_bits=8)),
+    'w6a6': (None, dict(w_bits=6, a_bits=6)),
+    # "8-bit weights and activations ... per-channel min/max weights"
+    'w8a8': (None, dict(w_bits=8, a_bits=8, weight__observer=MINMAX)),
+    # "weights: int8 symmetric per output channel, running min/max;
+    # activations: uint8 asymmetric per tensor ...; the softmax output
+    # (uniform, 8 bits) and the inputs of every LayerNorm; calibration on
+    # 1,000 images in 10 batches of 100, ... calib mode 'parallel'"
+    'minmax_w8a8': (None, dict(
+        w_bits=8, a_bits=8,
+        weight=dict(type='UniformQuantizer', granularity='channel',
+                    symmetric=True, observer=MINMAX),
+        act=dict(type='UniformQuantizer', granularity='tensor',
+                 observer=MINMAX),
+        norm=dict(type='UniformQuantizer', observer=MINMAX),
+        attn__softmax=dict(type='UniformQuantizer', observer=MINMAX),
+        calib__num_samples=1000, calib__batch_size=100,
+        calib__mode='parallel')),
+    # "Otherwise minmax_w8a8.py": only the activation observer changes
+    # (activations, LayerNorm inputs, softmax output)
+    **{name: ('minmax_w8a8', dict(
+        act__observer=obs, norm__observer=obs,
+        attn__softmax__observer=obs)) for name, obs in (
+            ('ema_w8a8', dict(type='EMAMinMaxObserver', momentum=0.01)),
+            ('percentile_w8a8', dict(type='PercentileObserver',
+                                     percentile=0.99999, momentum=0.01)),
+            ('omse_w8a8', dict(type='OMSEObserver', running_range=True)))},
+    # "minmax_w8a8.py plus PTF for the LayerNorm inputs and Log-Int-Softmax
+    # (8-bit logits, exp_shift=4, 4-bit output)"
+    'fqvit_w8a8_attn4': ('minmax_w8a8', dict(
+        norm=dict(type='PTFQuantizer', observer=MINMAX),
+        attn__softmax=dict(type='LISQuantizer', input_bits=8, exp_shift=4,
+                           observer=MINMAX),
+        attn__softmax_bits=4)),
+    # "4-bit weights and activations; the input of the first layer ...
+    # stays at 8 bits. Otherwise the generic recipe"
+    'w4a4': (None, dict(w_bits=4, a_bits=4,
+                        overrides=[dict(first_op=True, a_bits=8)])),
+    # RepQ-ViT: w4a4 with percentile-searched weights and the
+    # reparameterization (per-tensor percentile-searched activations,
+    # log-sqrt2 softmax and sequential calibration are the defaults)
+    'repq-vit_w4a4': ('w4a4', dict(
+        weight__observer=dict(type='PercentileSearchObserver'),
+        transforms=[dict(type='RepQReparam')])),
+    'repq-vit_w6a6': ('repq-vit_w4a4', dict(w_bits=6, a_bits=6)),
+    'repq-vit_w4a4_no-reparam': ('repq-vit_w4a4', dict(transforms=[])),
+    # QDrop / BRECQ / PD-Quant: w4a4 then block reconstruction on 1,024
+    # calibration images in minibatches of 32
+    'qdrop_w4a4': ('w4a4', QDROP),
+    'repq-vit_qdrop_w4a4': ('repq-vit_w4a4', QDROP),
+    'brecq_w4a4': ('w4a4', dict(
+        QDROP, reconstruction=dict(type='BRECQReconstruction'))),
+    'pdquant_w4a4': ('qdrop_w4a4', dict(
+        reconstruction=dict(type='PDQuantReconstruction'))),
+}
+
+
+def test_every_preset_has_its_claims():
+    assert sorted(PRESET_CLAIMS) == sorted(list_presets())
+
+
+@pytest.mark.parametrize('name', sorted(PRESET_CLAIMS))
+def test_preset_is_what_its_comment_says(name):
+    base, changes = PRESET_CLAIMS[name]
+    got = dict(resolve_quant_cfg(load_quant_cfg(name)))
+    assert got == changed(base, **changes)
 
 
 def test_baselines_use_their_observer():
@@ -81,15 +180,52 @@ def test_example_configs(path):
 
 FP_CONFIGS = [p for p in CONFIGS if p not in EXAMPLES]
 
+#: parameters (millions, as the papers round them) of the FP models:
+#: iTPN-B / iTPN-L classifiers (iTPN, Tian et al. CVPR 2023, Table 2: 79M,
+#: 288M, the whole model); Swin-T / Swin-S (Liu et al. ICCV 2021, Table 1:
+#: 28M, 50M with the 768 → 1000 ImageNet head, so the detectors' backbone
+#: plus that head). Wrong depths or widths in a config change these.
+PUBLISHED_PARAMS_M = {
+    'cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-3x_coco.py': ('swin', 28),
+    'cascade-mask-rcnn_swin-s-p4-w7_fpn_ms-3x_coco.py': ('swin', 50),
+    'itpn-pixel_hivit-base-p16_in1k.py': ('model', 79),
+    'itpn-pixel_hivit-large-p16_in1k.py': ('model', 288),
+}
+
+
+def num_params(module):
+    return sum(p.numel() for p in module.parameters())
+
 
 @pytest.mark.parametrize('path', FP_CONFIGS,
                          ids=[osp.basename(p) for p in FP_CONFIGS])
 def test_fp_configs_build(path):
-    """FP configs mmptq adds for the papers' rows build their model."""
+    """FP configs mmptq adds for the papers' rows build the papers' models:
+    their parameter count is the published one and the parts fit together
+    (a shape-only forward on the meta device: neck / head in_channels must
+    match what the backbone returns)."""
     import importlib
 
     from mmengine.registry import init_default_scope
     cfg = Config.fromfile(path)
     init_default_scope(cfg.default_scope)
     registry = importlib.import_module(f'{cfg.default_scope}.registry')
-    assert registry.MODELS.build(cfg.model) is not None
+    model = registry.MODELS.build(cfg.model).eval()
+    part, published = PUBLISHED_PARAMS_M[osp.basename(path)]
+    if part == 'swin':
+        embed = model.backbone.num_features[-1]
+        count = num_params(model.backbone) + embed * 1000 + 1000
+    else:
+        count = num_params(model)
+    assert round(count / 1e6) == published, count
+    model.to('meta')
+    x = torch.empty(1, 3, 224, 224, device='meta')
+    with torch.no_grad():
+        if cfg.default_scope == 'mmdet':  # backbone → FPN: 5 levels
+            feats = model.extract_feat(x)
+            assert [tuple(f.shape) for f in feats] == [
+                (1, cfg.model.neck.out_channels, size, size)
+                for size in (56, 28, 14, 7, 4)]
+        else:  # backbone → head: ImageNet logits
+            out = model(x, mode='tensor')
+            assert tuple(out.shape) == (1, cfg.model.head.num_classes)

@@ -75,18 +75,23 @@ def test_every_op_of_vit_is_quantized(vit):
 def test_attention_capture_quantizes_the_softmax_output(vit):
     model, _ = quantize_model(
         copy.deepcopy(vit), dict(a_bits=4, w_bits=8), calib(2))
-    attn = model.blocks[0].attn
-    seen = {}
-    attn.softmax.register_forward_hook(
-        lambda m, i, o: seen.setdefault('p', o))
-    softmax_q = attn.attn_quantizer.sites[1].quantizer
+    router = model.blocks[0].attn.attn_quantizer
+    assert router.kinds == ['matmul', 'softmax', 'matmul']
+    softmax_q, av_site = router.sites[1].quantizer, router.sites[2]
+    # the left operand of the attn·V matmul call, as the host produced it
+    # (the site's own quantizer of that operand is None: already quantized)
+    assert av_site.quantizer_a is None
+    seen = []
+    av_site.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
     with torch.no_grad():
         model(calib(1, seed=3)[0])
-    # the value flowing into attn·V lies on the log√2 grid s·2^(-k/2)
-    p = softmax_q(seen['p'])
+    # the value flowing into attn·V lies on the log√2 grid s·2^(-k/2),
+    # k ∈ [0, 2^4 − 1], or is 0
+    p, = seen
+    assert p.shape[-1] == p.shape[-2] and (p >= 0).all()
     k = -2 * torch.log2(p[p > 0] / softmax_q.scale)
     assert torch.allclose(k, k.round(), atol=1e-4)
-    assert k.max() <= 2**4 - 1 + 1e-4
+    assert k.min() >= -1e-4 and k.max() <= 2**4 - 1 + 1e-4
 
 
 def test_quantizers_off_reproduce_fp(vit):

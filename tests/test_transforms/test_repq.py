@@ -52,10 +52,14 @@ def test_fold_keeps_the_function(bias):
     ref = [lin1(norm(x)), lin2(norm(x))]
     r = torch.rand(8) * 3 + 0.1
     b = torch.randn(8)
+    gamma, beta = norm.weight.detach().clone(), norm.bias.detach().clone()
     added = fold_reparam(norm, [lin1, lin2], r, b)
     assert added == ([] if bias else [lin1])
     y = norm(x)
-    torch.testing.assert_close(y, (norm.weight * 0 + 1) * y)  # sanity
+    # the LayerNorm now outputs the reparameterized x' = LN(x) / r − b
+    # (γ ← γ / r, β ← β / r − b), computed here from the original affine
+    want_y = F.layer_norm(x, (8, ), gamma, beta, norm.eps) / r - b
+    torch.testing.assert_close(y, want_y, rtol=1e-5, atol=1e-5)
     for lin, want in zip((lin1, lin2), ref):
         torch.testing.assert_close(lin(y), want, rtol=1e-5, atol=1e-5)
 
