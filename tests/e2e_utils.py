@@ -253,3 +253,58 @@ def quantized_kinds(summary: List[dict]) -> dict:
         if row['status'] == 'quantized':
             out[row['kind']] = out.get(row['kind'], 0) + 1
     return out
+
+
+# ------------------------------------------------------------ predictions
+def fp_predictions(config: str, checkpoint: str) -> List[dict]:
+    """The FP model of ``config`` with ``checkpoint`` run in this process
+    over the config's test dataloader (``model.test_step`` per batch, as
+    mmengine's TestLoop does, without mmptq's loop or tools): one dict per
+    sample, as ``--out`` dumps them."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner
+
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    model.load_state_dict(state['state_dict'], strict=True)
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for batch in Runner.build_dataloader(cfg.test_dataloader):
+            preds += [s.to_dict() for s in model.test_step(batch)]
+    return preds
+
+
+def seg_metrics(preds: List[dict], num_classes: int,
+                ignore_index: int = 255) -> dict:
+    """aAcc, mIoU and mAcc (percent, 2 decimals) of semantic segmentation
+    predictions, by the definitions of mmseg's IoUMetric: pixel counts
+    summed over the images, then per class IoU = |P ∩ G| / |P ∪ G| and
+    Acc = |P ∩ G| / |G|, averaged over the classes present."""
+    inter, pred_area, label_area = (np.zeros(num_classes) for _ in range(3))
+    for sample in preds:
+        pred = np.asarray(sample['pred_sem_seg']['data']).reshape(-1)
+        label = np.asarray(sample['gt_sem_seg']['data']).reshape(-1)
+        keep = label != ignore_index
+        pred, label = pred[keep], label[keep]
+        bins = np.arange(num_classes + 1)
+        inter += np.histogram(pred[pred == label], bins)[0]
+        pred_area += np.histogram(pred, bins)[0]
+        label_area += np.histogram(label, bins)[0]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        iou = inter / (pred_area + label_area - inter)
+        acc = inter / label_area
+    return dict(aAcc=round(100 * inter.sum() / label_area.sum(), 2),
+                mIoU=round(100 * np.nanmean(iou), 2),
+                mAcc=round(100 * np.nanmean(acc), 2))
+
+
+def top1(preds: List[dict]) -> float:
+    """Top-1 accuracy (percent) of classification predictions."""
+    hits = [int(np.argmax(np.asarray(s['pred_score']))) ==
+            int(np.asarray(s['gt_label']).reshape(-1)[0]) for s in preds]
+    return 100 * sum(hits) / len(hits)

@@ -1,5 +1,7 @@
 """Real OpenMMLab configs (random init, image-like inputs) through
 quantize_model: every attention quantized, W8A8 close to FP."""
+import math
+
 import pytest
 
 pytest.importorskip('mmdet')
@@ -35,7 +37,13 @@ def test_real_config_w8a8(config, size, hosts):
     test = synthetic_batch(scope, 2, size, seed=99)
     result = quantization_sqnr(model, scope, W8A8, calib, test)
     sqnr, summary = result.sqnr, result.summary
-    assert result.calib_s > 0 and result.peak_mib > 0
+    # the time is not testable, only a finite number; the peak memory has
+    # a real lower bound: the FP model and the copy quantize_model works
+    # on are both resident while it runs (RSS on CPU, allocated on CUDA)
+    assert isinstance(result.calib_s, float) and math.isfinite(result.calib_s)
+    model_mib = sum(t.numel() * t.element_size()
+                    for t in model.state_dict().values()) / 2**20
+    assert result.peak_mib >= 2 * model_mib, (result.peak_mib, model_mib)
     counts = summary.counts()
     # every attention: Q·Kᵀ, softmax and attn·V (or one SDPA) quantized
     n_attn = counts.get('softmax', {}).get('quantized', 0) + \
