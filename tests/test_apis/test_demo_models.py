@@ -64,15 +64,33 @@ def test_fp_accuracy_and_w8a8(name, num, metric, floor, tmp_path):
         assert w8a8['metrics'][key] >= value - 1.5, (key, fp, w8a8)
 
 
-@pytest.mark.parametrize('name,margin', [('deit', 1.5), ('hivit', 3.5)])
-def test_fqvit_w8a8_attn4_close_to_fp(name, margin, tmp_path):
-    """FQ-ViT W8/A8/Attn4 (PTF + Log-Int-Softmax) on the demo ViTs, 100
-    calibration images, first 500 val images. HiViT loses more (-1.3 on
-    the full val set with 1,000 calibration images; here -2.8): its wide
-    logit ranges make I-BERT's integer exp inexact (see the README)."""
+def test_fqvit_w8a8_attn4_close_to_fp(tmp_path):
+    """FQ-ViT W8/A8/Attn4 (PTF + Log-Int-Softmax) on the demo DeiT, 100
+    calibration images, first 500 val images: within the bound W8A8 meets
+    in test_fp_accuracy_and_w8a8 (1.5 points); DeiT's logit ranges are
+    narrow enough for the integer exp of Log-Int-Softmax."""
     built('mnist_cls')
-    fp, fqvit = run_benchmark(demo_models([name]), ['fqvit_w8a8_attn4'],
+    fp, fqvit = run_benchmark(demo_models(['deit']), ['fqvit_w8a8_attn4'],
                               str(tmp_path), num_images=500,
                               calib_samples=100)
-    assert fqvit['metrics']['top-1'] >= fp['metrics']['top-1'] - margin, (
+    assert fqvit['metrics']['top-1'] >= fp['metrics']['top-1'] - 1.5, (
         fp, fqvit)
+
+
+def test_fqvit_exp_shift_helps_hivit(tmp_path):
+    """The demo HiViT's wide logit ranges make I-BERT's integer exp inexact
+    (docs/methods/fqvit-itpn.md): with FQ-ViT's Log-Int-Softmax as
+    published (exp_shift=0) HiViT loses more than W8A8's 1.5 points. The
+    preset shifts the 8-bit logits by 4 bits before the exp for that
+    reason, so it must lose less than the published one, both measured in
+    this run (100 calibration images, first 500 val images)."""
+    built('mnist_cls')
+    published = tmp_path / 'fqvit_exp_shift0.py'
+    published.write_text(
+        f"_base_ = ['{REPO_ROOT}/configs/quant/fqvit_w8a8_attn4.py']\n"
+        'quant_cfg = dict(attn=dict(softmax=dict(exp_shift=0)))\n')
+    fp, preset, shift0 = run_benchmark(
+        demo_models(['hivit']), ['fqvit_w8a8_attn4', str(published)],
+        str(tmp_path), num_images=500, calib_samples=100)
+    assert preset['metrics']['top-1'] > shift0['metrics']['top-1'], (
+        fp, preset, shift0)
