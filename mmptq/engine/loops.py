@@ -58,9 +58,13 @@ class QuantTestLoop(TestLoop):
     with the config's evaluator.
 
     Args:
-        checkpoint: the FP or quantized checkpoint (the config's
-            ``load_from`` must stay empty: a quantized checkpoint needs the
-            quantized structure before its state dict can be loaded).
+        checkpoint: the FP or quantized checkpoint; a quantized one needs
+            the quantized structure before its state dict loads, so this
+            loop loads it. Default: the config's ``load_from`` (the
+            upstream ``tools/test.py``), which the Runner then also loads
+            into the FP model first (a quantized checkpoint with
+            unexpected-key warnings); mmptq's ``tools/test.py`` passes it
+            here and leaves ``load_from`` empty.
         quant_cfg: the quantization config (merged over the defaults).
         fp_baseline: evaluate the FP model first, in the same run.
         save_quantized: path to save the quantized checkpoint to.
@@ -80,11 +84,8 @@ class QuantTestLoop(TestLoop):
                  evaluate: bool = True,
                  unsafe_load: bool = False) -> None:
         super().__init__(runner, dataloader, evaluator, fp16)
-        if runner.cfg.get('load_from'):
-            raise ValueError(
-                'QuantTestLoop loads the checkpoint itself: give it as '
-                'test_cfg.checkpoint and leave load_from empty (tools/test.py '
-                'does this)')
+        if checkpoint is None:  # the upstream tools/test.py sets load_from
+            checkpoint = runner.cfg.get('load_from')
         if quant_cfg is None:
             quant_cfg = runner.cfg.get('quant_cfg')
         self.quant_cfg = None if quant_cfg is None else resolve_quant_cfg(

@@ -7,6 +7,8 @@ import math
 import os.path as osp
 import pickle
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -201,14 +203,43 @@ def test_det_without_quant_cfg_is_upstream(det, det_fp_baseline):
     upstream = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim',
                         'tools', 'test.py')
     if osp.isfile(upstream):
-        import subprocess
-        import sys
         up_dir = osp.join(det.root, 'upstream')
         up = subprocess.run(
             [sys.executable, upstream, det.cfg, det.fp, '--work-dir', up_dir],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
         assert up.returncode == 0, up.stderr[-3000:]
         assert metrics_json(up_dir) == fp
+
+
+def test_det_config_with_quant_cfg_under_mmdets_own_tool(
+        det, det_fp_baseline, det_quantized, det_restored):
+    """A config that carries quant_cfg and QuantTestLoop (as the README
+    shows) quantizes under mmdet's own tools/test.py, which sets load_from:
+    the same metrics as mmptq's tool with the same settings; a quantized
+    checkpoint is restored, not calibrated, to the same metrics as
+    mmptq's tool on it."""
+    upstream = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim',
+                        'tools', 'test.py')
+    if not osp.isfile(upstream):
+        pytest.skip("mmdet's tools/test.py is not installed")
+    preset = osp.join(REPO_ROOT, 'configs', 'quant', 'w8a8.py')
+    cfg = osp.join(det.root, 'mask_rcnn_w8a8.py')
+    with open(cfg, 'w') as f:
+        f.write(f"_base_ = ['./mask_rcnn.py', {preset!r}]\n"
+                "custom_imports = dict(imports=['mmptq'], "
+                "allow_failed_imports=False)\n"
+                "test_cfg = dict(type='mmptq.QuantTestLoop')\n"
+                "quant_cfg = dict(calib=dict(num_samples=4))\n")
+    for ckpt, want, name in (
+            (det.fp, det_fp_baseline.results['metrics'], 'up_fp'),
+            (det_quantized, det_restored.results['metrics'], 'up_q')):
+        work_dir = osp.join(det.root, name)
+        proc = subprocess.run(
+            [sys.executable, upstream, cfg, ckpt, '--work-dir', work_dir],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (CALIBRATING in proc.stdout + proc.stderr) == (ckpt == det.fp)
+        assert results(work_dir)['metrics'] == want
 
 
 def test_det_quantized_checkpoint_round_trip(det, det_restored):
