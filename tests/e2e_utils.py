@@ -308,3 +308,78 @@ def top1(preds: List[dict]) -> float:
     hits = [int(np.argmax(np.asarray(s['pred_score']))) ==
             int(np.asarray(s['gt_label']).reshape(-1)[0]) for s in preds]
     return 100 * sum(hits) / len(hits)
+
+
+# ------------------------------------------------ upstream tools, RTMDet
+# RTMDet-tiny from the real mmdet config (CSPNeXt, its EMAHook with
+# ExpMomentumEMA and update_buffers, PipelineSwitchHook), random init (no
+# pretrained backbone download), 2 classes, 64x64 inputs, every score kept
+# so that a random model still predicts boxes.
+RTMDET_TINY_CFG = '''
+_base_ = 'mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py'
+custom_imports = dict(imports=['mmptq'], allow_failed_imports=False)
+metainfo = dict(classes=('red', 'blue'))
+model = dict(
+    backbone=dict(init_cfg=None),
+    bbox_head=dict(num_classes=2),
+    test_cfg=dict(nms_pre=100, max_per_img=20, score_thr=0.0))
+pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='Pad', size=(64, 64), pad_val=dict(img=(114, 114, 114))),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                    'scale_factor'))]
+dataset = dict(type='CocoDataset', data_root='{root}', ann_file='ann.json',
+               data_prefix=dict(img=''), metainfo=metainfo,
+               pipeline=pipeline, test_mode=True)
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dataset)
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dataset)
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file='{root}/ann.json', metric='bbox',
+                     proposal_nums=(100, 1, 10))
+test_evaluator = val_evaluator
+'''
+
+
+def save_init_checkpoint(config: str, path: str, seed: int = 0) -> str:
+    """As ``save_fp_checkpoint``, with the model's ``init_weights()`` run
+    (its initializers: e.g. RTMDet's prior-probability classifier bias,
+    without which a random RTMDet predicts no box)."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save(dict(state_dict=model.state_dict(), meta={}), path)
+    return path
+
+
+def upstream_tool(package: str, tool: str = 'test') -> str:
+    """The path of ``package``'s own ``tools/<tool>.py`` (shipped in its
+    ``.mim``); empty if it is not installed."""
+    import importlib
+    root = osp.dirname(importlib.import_module(package).__file__)
+    path = osp.join(root, '.mim', 'tools', f'{tool}.py')
+    return path if osp.isfile(path) else ''
+
+
+def run_upstream(package: str, *args: str, tool: str = 'test',
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python <package>/.mim/tools/<tool>.py args...`` from the
+    repository root, as ``run_tool``."""
+    path = upstream_tool(package, tool)
+    assert path, f"{package}'s tools/{tool}.py is not installed"
+    cmd = [sys.executable, path, *map(str, args)]
+    env = dict(os.environ, PYTHONWARNINGS='ignore', OMP_NUM_THREADS='2')
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    proc.output = proc.stdout + proc.stderr
+    return proc

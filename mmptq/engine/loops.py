@@ -3,10 +3,13 @@ calibration batches, ``QuantTestLoop`` loads the checkpoint, quantizes (or
 restores a quantized checkpoint) and evaluates with the config's evaluator.
 """
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
+from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.runner import BaseLoop, TestLoop
+from torch import nn
 
 from mmptq.core import (QuantConfig, QuantSummary, quantize_model,
                         resolve_quant_cfg)
@@ -47,6 +50,48 @@ class CalibrationLoop(BaseLoop):
         return summary
 
 
+#: the methods a hook moves weights into the model with around a test epoch
+#: (``Hook.before_test_epoch`` calls ``_before_epoch``)
+_TEST_EPOCH_METHODS = ('before_test_epoch', 'after_test_epoch',
+                       '_before_epoch', '_after_epoch')
+
+
+def weight_swapping_hooks(runner) -> List[Hook]:
+    """The runner's hooks that swap weights into the model around a test
+    epoch: those that define a test-epoch callback and hold a module (the
+    model or a copy of it). mmengine's and mmpretrain's ``EMAHook`` hold
+    ``src_model`` and ``ema_model`` and swap their parameters (and, with
+    ``update_buffers``, buffers) by position in ``before_test_epoch`` and
+    back in ``after_test_epoch``; other EMA variants (mmdet's
+    ``ExpMomentumEMA``, ...) are ``ema_type`` of these hooks. Run after
+    ``before_run`` (which builds the EMA copy)."""
+    found = []
+    for hook in runner.hooks:
+        epoch = any(
+            getattr(type(hook), m, None) is not getattr(Hook, m)
+            for m in _TEST_EPOCH_METHODS)
+        holds = any(isinstance(v, nn.Module)
+                    for v in getattr(hook, '__dict__', {}).values())
+        if epoch and holds:
+            found.append(hook)
+    return found
+
+
+@contextmanager
+def detached_hooks(runner, hooks: List[Hook]) -> Iterator[None]:
+    """Take ``hooks`` out of ``runner.hooks`` (the list ``call_hook``
+    walks) for the duration, then put them back where they were."""
+    hook_list = runner.hooks
+    places = [(hook_list.index(h), h) for h in hooks]
+    for _, hook in places:
+        hook_list.remove(hook)
+    try:
+        yield
+    finally:
+        for index, hook in sorted(places, key=lambda p: p[0]):
+            hook_list.insert(index, hook)
+
+
 @LOOPS.register_module()
 class QuantTestLoop(TestLoop):
     """Test loop for quantized evaluation.
@@ -56,6 +101,29 @@ class QuantTestLoop(TestLoop):
     ``quant_cfg``) by a ``CalibrationLoop``; a quantized checkpoint (from
     ``tools/quantize.py``) is restored without calibrating. Then evaluates
     with the config's evaluator.
+
+    Hooks see the checkpoint as under the upstream ``Runner.load_checkpoint``:
+    ``after_load_checkpoint(checkpoint=...)`` runs before the state dict is
+    loaded into the model (hooks may rewrite it); when the checkpoint is the
+    config's ``load_from`` the Runner has already done both. So an
+    ``EMAHook`` copies the checkpoint into its EMA model and an FP test
+    (no ``quant_cfg``, or ``fp_baseline``) evaluates exactly what the
+    upstream ``tools/test.py`` evaluates: the weights that the hooks'
+    ``before_test_epoch`` swaps in.
+
+    A quantized model must hold those same weights, and no hook may swap
+    anything into it (``EMAHook`` zips the EMA copy's parameters and buffers
+    with the model's by position; the quantized model has other modules and
+    quantizer buffers). So the weight-swapping hooks
+    (:func:`weight_swapping_hooks`) first get their ``before_test_epoch``
+    on the FP model: the model then holds the weights the upstream test
+    epoch evaluates, and those are quantized. Then these hooks are detached
+    from the runner (:func:`detached_hooks`) for calibration and the
+    quantized evaluation: nothing swaps into, or back out of, the quantized
+    model (their ``after_test_epoch`` would put the displaced FP weights
+    into it). A restored quantized checkpoint holds the weights it was made
+    from; the hooks are detached for its evaluation too. Other hooks run as
+    usual.
 
     Args:
         checkpoint: the FP or quantized checkpoint; a quantized one needs
@@ -84,7 +152,11 @@ class QuantTestLoop(TestLoop):
                  evaluate: bool = True,
                  unsafe_load: bool = False) -> None:
         super().__init__(runner, dataloader, evaluator, fp16)
-        if checkpoint is None:  # the upstream tools/test.py sets load_from
+        # the upstream tools/test.py sets load_from: the Runner then loaded
+        # it and called the hooks' after_load_checkpoint already
+        self.loaded_by_runner = checkpoint is None and \
+            bool(runner.cfg.get('load_from'))
+        if checkpoint is None:
             checkpoint = runner.cfg.get('load_from')
         if quant_cfg is None:
             quant_cfg = runner.cfg.get('quant_cfg')
@@ -105,16 +177,15 @@ class QuantTestLoop(TestLoop):
         if self.checkpoint:
             checkpoint = load_checkpoint_file(self.checkpoint,
                                               unsafe=self.unsafe_load)
+            if not self.loaded_by_runner:  # as Runner.load_checkpoint
+                self.runner.call_hook('after_load_checkpoint',
+                                      checkpoint=checkpoint)
         else:
             print_log('mmptq: no checkpoint given, quantizing the weights '
                       'the model was built with', logger='current', level=30)
-        if checkpoint is not None and is_quantized_checkpoint(checkpoint):
-            if self.quant_cfg is not None:
-                print_log('mmptq: the checkpoint is quantized; its own '
-                          'quant_cfg is used', logger='current', level=30)
-            summary = load_quantized_checkpoint(model, checkpoint,
-                                                self.checkpoint)
-        else:
+        quantized = checkpoint is not None and \
+            is_quantized_checkpoint(checkpoint)
+        if not quantized:
             if checkpoint is not None:
                 load_state_checked(model,
                                    checkpoint.get('state_dict', checkpoint),
@@ -125,6 +196,31 @@ class QuantTestLoop(TestLoop):
                 start = time.perf_counter()
                 fp_metrics = super().run()
                 timings['fp_eval_s'] = time.perf_counter() - start
+        swapping = weight_swapping_hooks(self.runner)
+        if swapping:
+            names = [type(h).__name__ for h in swapping]
+            print_log(f'mmptq: {names} swap weights into the model for a '
+                      'test; ' + ('the quantized checkpoint is evaluated '
+                                   'without them' if quantized else
+                                   'their swap is applied before quantizing '
+                                   'and they are detached from the '
+                                   'quantized run'), logger='current')
+        if not quantized:
+            for hook in swapping:  # the weights the upstream test evaluates
+                hook.before_test_epoch(self.runner)
+        with detached_hooks(self.runner, swapping):
+            return self._run_quantized(model, checkpoint, quantized,
+                                       fp_metrics, timings)
+
+    def _run_quantized(self, model, checkpoint, quantized: bool,
+                       fp_metrics: Optional[dict], timings: dict) -> dict:
+        if quantized:
+            if self.quant_cfg is not None:
+                print_log('mmptq: the checkpoint is quantized; its own '
+                          'quant_cfg is used', logger='current', level=30)
+            summary = load_quantized_checkpoint(model, checkpoint,
+                                                self.checkpoint)
+        else:
             calib = CalibrationLoop(self.runner, self.quant_cfg)
             summary = calib.run()
             timings['calibration_s'] = calib.seconds
