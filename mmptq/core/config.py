@@ -66,10 +66,55 @@ class QuantConfig(dict):
     ``dict(cfg)`` is what checkpoints and reports store."""
 
 
+def _quantizer_form(value, where: str) -> str:
+    """What a quantizer dict looks like, for the error about ``value``."""
+    from mmptq.registry import OBSERVERS, QUANTIZERS
+    msg = (f'quant_cfg.{where} must be a quantizer dict, dict(type=..., '
+           f'...), e.g. dict(type=\'UniformQuantizer\', '
+           f'observer=dict(type=\'MinMaxObserver\')); got {value!r}')
+    if isinstance(value, str) and OBSERVERS.get(value) is not None:
+        msg += (f' ({value} is an observer: {where.rsplit(".", 1)[-1]}='
+                f'dict(observer=dict(type={value!r})))')
+    elif isinstance(value, str) and QUANTIZERS.get(value) is not None:
+        msg += (f' (write {where.rsplit(".", 1)[-1]}='
+                f'dict(type={value!r}))')
+    return msg
+
+
+def _check_quantizer(value, where: str, allow_none: bool = False) -> None:
+    """``value`` (the quantizer dict at ``quant_cfg.<where>``) is a dict
+    whose ``observer``, if given, is a dict too."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, dict):
+        raise ValueError(_quantizer_form(value, where))
+    obs = value.get('observer')
+    if obs is not None and not isinstance(obs, dict):
+        raise ValueError(
+            f'quant_cfg.{where}.observer must be an observer dict, '
+            f'dict(type=..., ...), e.g. dict(type=\'MinMaxObserver\'); '
+            f'got {obs!r}')
+
+
+def _as_quant_cfg(quant_cfg) -> Optional[dict]:
+    """A preset name or a config file path (a str) as its quant_cfg dict;
+    anything but a dict or None is an error."""
+    import os
+    if isinstance(quant_cfg, (str, os.PathLike)):
+        return _strip_delete(load_quant_cfg(os.fspath(quant_cfg)))
+    if quant_cfg is not None and not isinstance(quant_cfg, dict):
+        raise ValueError(
+            f'quant_cfg must be a dict, a preset name (e.g. \'w8a8\') or '
+            f'the path of a config file with a quant_cfg section; got '
+            f'{type(quant_cfg).__name__} {quant_cfg!r}')
+    return quant_cfg
+
+
 def resolve_quant_cfg(
-        quant_cfg: Union[None, dict, QuantConfig]) -> QuantConfig:
+        quant_cfg: Union[None, str, dict, QuantConfig]) -> QuantConfig:
     """Merge ``quant_cfg`` over ``DEFAULT_QUANT_CFG`` and validate it; a
-    :class:`QuantConfig` is returned as it is (it is resolved already).
+    :class:`QuantConfig` is returned as it is (it is resolved already); a
+    str is a preset name (``'w8a8'``) or a config file path.
 
     Nested dicts (``attn``, ``calib``) merge key by key; a quantizer dict
     (``weight``, ``act``, ``attn.softmax``) with a new ``type`` replaces the
@@ -78,17 +123,26 @@ def resolve_quant_cfg(
         return quant_cfg
     if hasattr(quant_cfg, 'to_dict'):  # a ConfigDict from an mm config
         quant_cfg = quant_cfg.to_dict()
+    quant_cfg = _as_quant_cfg(quant_cfg)
     cfg = copy.deepcopy(DEFAULT_QUANT_CFG)
     user = dict(quant_cfg or {})
     _check_keys(user, cfg, '')
     for key, value in user.items():
-        if key in ('weight', 'act') and isinstance(value, dict):
+        if key in ('weight', 'act'):
+            _check_quantizer(value, key)
             cfg[key] = _merge_quantizer(cfg[key], value)
+        elif key == 'norm':
+            _check_quantizer(value, key, allow_none=True)
+            cfg[key] = copy.deepcopy(value)
         elif key in ('attn', 'calib') and isinstance(value, dict):
             _check_keys(value, cfg[key], f'{key}.')
             for sub, subval in value.items():
-                if sub == 'softmax' and isinstance(subval, dict):
+                if sub == 'softmax' and subval:
+                    _check_quantizer(subval, 'attn.softmax')
                     cfg[key][sub] = _merge_quantizer(cfg[key][sub], subval)
+                elif sub == 'matmul' and isinstance(subval, dict):
+                    _check_quantizer(subval, 'attn.matmul')
+                    cfg[key][sub] = subval
                 else:
                     cfg[key][sub] = subval
         else:
@@ -113,6 +167,9 @@ def resolve_quant_cfg(
                              f'either a "name" regex or first_op=True, got '
                              f'{ov!r}')
         _check_keys(ov, OVERRIDE_KEYS, f'overrides[{i}].')
+        for key in ('weight', 'act'):
+            if key in ov:
+                _check_quantizer(ov[key], f'overrides[{i}].{key}')
         if 'first_op' in ov and ov['first_op'] is not True:
             raise ValueError(f'quant_cfg.overrides[{i}].first_op='
                              f'{ov["first_op"]!r}: use first_op=True, or a '

@@ -131,6 +131,37 @@ def _rejected_globals(filename: str, exc: Exception) -> List[str]:
     return names
 
 
+class NotACheckpointError(ValueError):
+    """The file is neither a zip archive nor a pickle that torch reads."""
+
+
+def _check_is_checkpoint(filename: str) -> None:
+    """Raise :class:`NotACheckpointError` when ``filename`` is neither a
+    zip archive (``torch.save``'s format) nor a pickle (its legacy format,
+    which starts with the PROTO opcode)."""
+    import zipfile
+    with open(filename, 'rb') as f:
+        head = f.read(64)
+    if zipfile.is_zipfile(filename) or head[:1] == b'\x80':
+        return
+    if not head:
+        what = 'it is empty'
+    elif head.startswith(b'PK\x03\x04'):
+        what = 'it is a truncated or damaged zip archive (an interrupted ' \
+               'download or save?)'
+    elif head.lstrip().lower().startswith((b'<!doctype html', b'<html')):
+        what = 'it is an HTML page (a login or error page saved instead ' \
+               'of the file?)'
+    elif head.lstrip()[:1] == b'<':
+        what = 'it is an HTML / XML text (an error page saved instead ' \
+               'of the file?)'
+    else:
+        what = f'it starts with {head[:16]!r}'
+    raise NotACheckpointError(
+        f'{filename} is not a checkpoint: torch reads a zip archive or a '
+        f'pickle, and {what}. Download it again')
+
+
 def load_checkpoint_file(filename: str,
                          map_location: Union[str, torch.device, Callable,
                                              Dict, None] = 'cpu',
@@ -145,6 +176,8 @@ def load_checkpoint_file(filename: str,
             :class:`UnsafeLoadWarning`.
 
     Raises:
+        NotACheckpointError: the file is not one torch can read (an HTML
+            page, an empty file...).
         UnsafeCheckpointError: the file needs a global outside
             :func:`safe_globals_list`; the message names it.
     """
@@ -158,13 +191,21 @@ def load_checkpoint_file(filename: str,
             'you trust.',
             UnsafeLoadWarning,
             stacklevel=2)
-        return torch.load(
-            filename, map_location=map_location, weights_only=False)
+        try:
+            return torch.load(
+                filename, map_location=map_location, weights_only=False)
+        except (pickle.UnpicklingError, EOFError, RuntimeError):
+            _check_is_checkpoint(filename)
+            raise
     try:
         with torch.serialization.safe_globals(safe_globals_list()):
             return torch.load(
                 filename, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError):
+        _check_is_checkpoint(filename)
+        raise
     except pickle.UnpicklingError as exc:
+        _check_is_checkpoint(filename)
         names = _rejected_globals(filename, exc)
         what = ', '.join(names) if names else 'an unknown object'
         detail = str(exc).split('WeightsUnpickler error:')[-1].strip()
@@ -251,37 +292,94 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
+def _shape(t: Any) -> Optional[Tuple[int, ...]]:
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else None
+
+
+def compare_state(model_state: Dict, state: Dict
+                  ) -> Tuple[List[str], List[str], List[str]]:
+    """Keys of ``model_state`` missing from ``state``, keys of ``state`` the
+    model does not have, and ``'key: checkpoint (shape), model (shape)'`` for
+    the common tensors whose shapes differ."""
+    missing = [k for k in model_state if k not in state]
+    unexpected = [k for k in state if k not in model_state]
+    shapes = [f'{k}: checkpoint {_shape(state[k])}, model '
+              f'{_shape(model_state[k])}' for k in model_state
+              if k in state and _shape(state[k]) != _shape(model_state[k])]
+    return missing, unexpected, shapes
+
+
+def fitting_demo_configs(state: Dict) -> List[str]:
+    """The shipped demo configs (``configs/demo/<name>.py``) whose demo
+    checkpoint has exactly the keys and shapes of ``state``."""
+    from mmptq.core import PACKAGE_DATA
+    names = {k: _shape(v) for k, v in state.items()}
+    out = []
+    for ckpt in sorted((PACKAGE_DATA / 'checkpoints' / 'demo').glob('*.pth')):
+        cfg = PACKAGE_DATA / 'configs' / 'demo' / f'{ckpt.stem}.py'
+        if not cfg.is_file():
+            continue
+        try:
+            other = load_checkpoint_file(str(ckpt)).get('state_dict', {})
+        except Exception:  # noqa: BLE001 - a hint only
+            continue
+        if {k: _shape(v) for k, v in other.items()} == names:
+            out.append(f'configs/demo/{cfg.name}')
+    return out
+
+
+def _n(items: List, noun: str) -> str:
+    return f'{len(items)} {noun}' + ('' if len(items) == 1 else 's')
+
+
+def _mismatch_error(kind: str, path: str, state: Dict, missing: List[str],
+                    unexpected: List[str], shapes: List[str],
+                    quantized: bool) -> ValueError:
+    fits = fitting_demo_configs(state) if not quantized else []
+    return ValueError(
+        f'{kind} {path} does not match the model of this config: '
+        f'{_n(missing, "missing key")} {missing[:3]}, '
+        f'{_n(unexpected, "unexpected key")} {unexpected[:3]}, '
+        f'{_n(shapes, "tensor")} of another shape {shapes[:3]}. '
+        + (f'It fits the demo config {" / ".join(fits)}. ' if fits else '')
+        + 'Check that config and checkpoint belong together (architecture, '
+        'num_classes, channels, ...)'
+        + (' and that the quantized checkpoint was made from this config'
+           if quantized else ''))
+
+
 def load_state_checked(model: nn.Module, state: Dict, path: str,
                        quantized: bool = False) -> None:
     """Load ``state`` (from checkpoint ``path``) into ``model``; missing
     keys or shape mismatches are errors that name the checkpoint, keys the
     model does not use are a warning (an error for quantized checkpoints).
-    A ``module.`` prefix (DDP) is dropped."""
+    A ``module.`` prefix (DDP) is dropped.
+
+    Keys and shapes are compared first: a checkpoint that holds less than
+    half of the model's keys (another architecture) is refused before
+    anything is loaded. Otherwise the model's state-dict hooks may still
+    rename or resize entries (mmpretrain resizes ``pos_embed``), so the
+    state is loaded and, where loading fails (a shape error, or a hook's
+    assertion), the error is the comparison's."""
     model = unwrap(model)
     state = {k[len('module.'):] if k.startswith('module.') else k: v
              for k, v in state.items()}
     kind = 'quantized checkpoint' if quantized else 'checkpoint'
+    model_state = model.state_dict()
+    missing, unexpected, shapes = compare_state(model_state, state)
+    if model_state and len(missing) * 2 > len(model_state):
+        raise _mismatch_error(kind, path, state, missing, unexpected, shapes,
+                              quantized)
     try:
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # strict=False still fails on shapes
-        shapes = [line.strip() for line in str(e).splitlines()
-                  if 'size mismatch' in line]
-        if not shapes:
+    except Exception:  # noqa: BLE001 - shapes, or a pre-hook's assertion
+        if not (missing or unexpected or shapes):
             raise
-        raise ValueError(
-            f'{kind} {path} does not match the model of this config: '
-            f'{len(shapes)} tensors differ in shape, {shapes[:3]}. Check '
-            f'that config and checkpoint belong together (num_classes, '
-            f'channels, ...)') from None
+        raise _mismatch_error(kind, path, state, missing, unexpected, shapes,
+                              quantized) from None
     if result.missing_keys or (quantized and result.unexpected_keys):
-        raise ValueError(
-            f'{kind} {path} does not match the model of this config: '
-            f'{len(result.missing_keys)} missing keys '
-            f'{result.missing_keys[:5]}, {len(result.unexpected_keys)} '
-            f'unexpected keys {result.unexpected_keys[:5]}. Check that '
-            f'config and checkpoint belong together'
-            + (' and that the quantized checkpoint was made from this '
-               'config' if quantized else ''))
+        raise _mismatch_error(kind, path, state, result.missing_keys,
+                              result.unexpected_keys, shapes, quantized)
     if result.unexpected_keys:
         print_log(f'mmptq: checkpoint keys not used by the model: '
                   f'{result.unexpected_keys[:10]}', logger='current',
@@ -315,7 +413,26 @@ def save_quantized_checkpoint(model: nn.Module, summary: QuantSummary,
     summary rows); main process only."""
     if not is_main_process():
         return
+    import os
+    import tempfile
     meta = dict(mmptq_version=__version__, **{META_KEY: quant_meta(summary)})
-    torch.save(dict(meta=meta, state_dict=unwrap(model).state_dict()), path)
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # a temporary file in the same folder, renamed only after success: a
+    # failed save never leaves a partial file at (or over) ``path``
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.',
+                               suffix='.tmp', dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as torch.save(path) would create it
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(dict(meta=meta,
+                            state_dict=unwrap(model).state_dict()), f)
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
     print_log(f'mmptq: quantized checkpoint saved to {path}',
               logger='current')

@@ -220,8 +220,7 @@ class BlockReconstruction:
         try:
             for k, name in enumerate(order):
                 unit = model.get_submodule(name)
-                if name in state.done:
-                    state.load(name, unit)
+                if name in state.done and state.load(name, unit):
                     print_log(f'mmptq: reconstruction [{k + 1}/{len(order)}] '
                               f'{name}: resumed from {root}',
                               logger='current')

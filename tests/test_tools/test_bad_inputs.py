@@ -1,0 +1,140 @@
+"""Bad inputs to the tools, as a new user would try them: each is refused
+with a message that names the problem, before any work, and leaves the
+user's files as they were."""
+import hashlib
+import os
+import os.path as osp
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip('mmpretrain')
+
+from e2e_utils import (DEIT_CFG, describe, make_tiny_cls,  # noqa: E402
+                       run_tool, save_fp_checkpoint, write_config)
+
+CALIBRATING = 'calibrating'
+
+
+def sha256(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def last_line(proc):
+    assert proc.returncode != 0, describe(proc)
+    text = proc.stderr.strip() or proc.stdout.strip()
+    return text.splitlines()[-1]
+
+
+@pytest.fixture(scope='module')
+def cls(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('bad_inputs'))
+    make_tiny_cls(osp.join(root, 'data'))
+    cfg = write_config(osp.join(root, 'deit.py'), DEIT_CFG,
+                       root=osp.join(root, 'data'))
+    fp = save_fp_checkpoint(cfg, osp.join(root, 'fp.pth'))
+    return SimpleNamespace(root=root, cfg=cfg, fp=fp)
+
+
+# ------------------------------------------------ 1. --out is the input
+@pytest.mark.parametrize('spelling', ['same', 'relative', 'link'])
+def test_quantize_out_is_the_input_checkpoint(cls, spelling):
+    out = cls.fp
+    if spelling == 'relative':
+        out = osp.relpath(cls.fp)  # the tools run from the repository root
+    elif spelling == 'link':
+        out = osp.join(cls.root, 'fp_link.pth')
+        if not osp.exists(out):
+            os.symlink(cls.fp, out)
+    before = sha256(cls.fp)
+    proc = run_tool('quantize', cls.cfg, cls.fp, '--quant-cfg', 'w8a8',
+                    '--calib-samples', 2, '--out', out,
+                    '--work-dir', osp.join(cls.root, 'work'))
+    assert last_line(proc) == (
+        f'ValueError: --out {out} is the input checkpoint {cls.fp}: it '
+        'would be overwritten; write to another file'), describe(proc)
+    assert CALIBRATING not in proc.output
+    assert sha256(cls.fp) == before
+
+
+# --------------------------------- 2. --out into a folder that is missing
+def test_quantize_out_into_a_missing_folder(cls):
+    out = osp.join(cls.root, 'new', 'deeper', 'q.pth')
+    proc = run_tool('quantize', cls.cfg, cls.fp, '--quant-cfg', 'w8a8',
+                    '--calib-samples', 2, '--out', out,
+                    '--work-dir', osp.join(cls.root, 'work'))
+    assert proc.returncode == 0, describe(proc)
+    assert osp.isfile(out)
+    assert [f for f in os.listdir(osp.dirname(out))] == ['q.pth']
+
+
+def test_out_folders_are_made_before_any_work(cls, monkeypatch, tmp_path):
+    """Both workflows create the --out folder (and --show-dir) before the
+    Runner is built; a folder that can not be made fails right away."""
+    from mmptq.apis import test as api
+
+    def no_runner(cfg):
+        raise RuntimeError('runner built')
+
+    monkeypatch.setattr(api, 'build_runner', no_runner)
+    monkeypatch.setattr(api, 'configure_quant_test', lambda *a, **k: None)
+    monkeypatch.setattr(api, 'enable_visualization', lambda *a: None)
+    q = tmp_path / 'a' / 'q.pth'
+    with pytest.raises(RuntimeError, match='runner built'):
+        api.quantize_checkpoint(None, cls.fp, dict(), str(q))
+    assert q.parent.is_dir()
+    preds, show = tmp_path / 'b' / 'preds.pkl', tmp_path / 'c' / 'show'
+    with pytest.raises(RuntimeError, match='runner built'):
+        api.run_test(None, cls.fp, None, out=str(preds),
+                     show_dir=str(show))
+    assert preds.parent.is_dir() and show.is_dir()
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(ValueError) as e:
+        api.quantize_checkpoint(None, cls.fp, dict(),
+                                str(tmp_path / 'file' / 'q.pth'))
+    assert str(e.value) == (f'--out: cannot create the folder '
+                            f'{tmp_path / "file"}: File exists')
+
+
+# ------------------------------------- 4. an HTML page saved as a .pth
+def test_test_tool_with_an_html_page_as_checkpoint(cls):
+    page = osp.join(cls.root, 'page.pth')
+    with open(page, 'wb') as f:
+        f.write(b'<!DOCTYPE html>\n<html><body>Sign in</body></html>\n')
+    before = sha256(page)
+    proc = run_tool('test', cls.cfg, page, '--quant-cfg', 'w8a8',
+                    '--calib-samples', 2,
+                    '--work-dir', osp.join(cls.root, 'work'))
+    assert last_line(proc) == (
+        f'mmptq.engine.checkpoint.NotACheckpointError: {page} is not a '
+        'checkpoint: torch reads a zip archive or a pickle, and it is an '
+        'HTML page (a login or error page saved instead of the file?). '
+        'Download it again'), describe(proc)
+    assert '--unsafe-load' not in proc.output
+    assert sha256(page) == before
+
+
+# ------------------------- 5. a checkpoint of another architecture (demo)
+def test_demo_hivit_checkpoint_with_the_demo_deit_config(cls):
+    cfg = 'configs/demo/deit-mini_mnist-cls.py'
+    ckpt = 'checkpoints/demo/hivit-mini_mnist-cls.pth'
+    before = sha256(ckpt)
+    proc = run_tool('test', cfg, ckpt, '--quant-cfg', 'w8a8',
+                    '--calib-samples', 4,
+                    '--work-dir', osp.join(cls.root, 'work'))
+    assert last_line(proc) == (
+        f'ValueError: checkpoint {ckpt} does not match the model of this '
+        "config: 55 missing keys ['backbone.cls_token', "
+        "'backbone.patch_embed.projection.weight', "
+        "'backbone.patch_embed.projection.bias'], 135 unexpected keys "
+        "['backbone.relative_position_index', "
+        "'backbone.patch_embed.proj.weight', 'backbone.patch_embed.proj.bias'"
+        "], 1 tensor of another shape ['backbone.pos_embed: checkpoint "
+        "(1, 49, 64), model (1, 50, 64)']. It fits the demo config "
+        'configs/demo/hivit-mini_mnist-cls.py. Check that config and '
+        'checkpoint belong together (architecture, num_classes, channels, '
+        '...)'), describe(proc)
+    assert 'AssertionError' not in proc.output
+    assert CALIBRATING not in proc.output
+    assert sha256(ckpt) == before
