@@ -37,6 +37,18 @@ def nearest_names(name: str, choices, n: int = 3) -> str:
     return ', '.join(close or choices[:8])
 
 
+def check_type(registry: Registry, type_name: Any, key: str) -> None:
+    """An unknown ``type`` (a name) at ``quant_cfg.<key>`` is a ValueError
+    that names the key and the nearest registered names."""
+    if isinstance(type_name, str):
+        bare = type_name.split('.')[-1]
+        if registry.get(bare) is None:
+            raise ValueError(
+                f'quant_cfg.{key}: unknown {registry.name} type '
+                f'{type_name!r}; did you mean: '
+                f'{nearest_names(bare, registry.module_dict)}?')
+
+
 def build_checked(registry: Registry,
                   cfg: dict,
                   key: str,
@@ -46,14 +58,8 @@ def build_checked(registry: Registry,
     if not isinstance(cfg, dict) or 'type' not in cfg:
         raise ValueError(f'quant_cfg.{key} must be a dict with a "type" key, '
                          f'got {cfg!r}')
-    type_name = cfg['type']
-    if isinstance(type_name, str):
-        bare = type_name.split('.')[-1]
-        if registry.get(bare) is None:
-            raise ValueError(
-                f'quant_cfg.{key}: unknown {registry.name} type '
-                f'{type_name!r}; did you mean: '
-                f'{nearest_names(bare, registry.module_dict)}?')
-        cfg = dict(cfg, type=bare)
+    check_type(registry, cfg['type'], key)
+    if isinstance(cfg['type'], str):
+        cfg = dict(cfg, type=cfg['type'].split('.')[-1])
     with DefaultScope.overwrite_default_scope('mmptq'):
         return registry.build(cfg, default_args=default_args)

@@ -9,12 +9,29 @@ from mmptq.core import QuantConfig, merge_quant_cfg, model_options
 from .runner_setup import load_config, set_work_dir
 
 
+class StoreOnce(argparse.Action):
+    """``store``, but an option given twice is an error (argparse keeps the
+    last silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = getattr(namespace, f'_{self.dest}_given', None)
+        if seen is not None:
+            raise argparse.ArgumentError(
+                self, f'given twice ({seen!r}, then {values!r}); give it '
+                'once')
+        setattr(namespace, f'_{self.dest}_given', values)
+        setattr(namespace, self.dest, values)
+
+
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--quant-cfg', help='preset name (w8a8, w4a4, ...) '
-                        'or path of a config with a quant_cfg section')
-    parser.add_argument('--w-bits', type=int, help='override weight bits')
-    parser.add_argument('--a-bits', type=int, help='override activation bits')
-    parser.add_argument('--calib-samples', type=int,
+    parser.add_argument('--quant-cfg', action=StoreOnce,
+                        help='preset name (w8a8, w4a4, ...) or path of a '
+                        'config with a quant_cfg section')
+    parser.add_argument('--w-bits', type=int, action=StoreOnce,
+                        help='override weight bits')
+    parser.add_argument('--a-bits', type=int, action=StoreOnce,
+                        help='override activation bits')
+    parser.add_argument('--calib-samples', type=int, action=StoreOnce,
                         help='number of calibration images')
     parser.add_argument('--unsafe-load', action='store_true',
                         help='load checkpoints with weights_only=False '
@@ -60,6 +77,10 @@ def load_cfg(
     keys of --cfg-options apply last (over the preset too), e.g.
     ``quant_cfg.reconstruction.iters=500``."""
     cfg = load_run_cfg(args)
+    if cfg.get('custom_imports'):  # their quantizers and observers, which
+        # resolving the quant_cfg checks (the Runner imports them later)
+        from mmengine.utils import import_modules_from_strings
+        import_modules_from_strings(**cfg.custom_imports)
     return cfg, merge_quant_cfg(cfg, args.quant_cfg, args.w_bits,
                                 args.a_bits, args.calib_samples,
                                 args.cfg_options)

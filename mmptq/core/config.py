@@ -5,6 +5,7 @@ A ``quant_cfg`` is resolved once, where it enters mmptq (``quantize_model``,
 the test loop, the tools), into a :class:`QuantConfig`; everything below
 receives that object and never resolves again."""
 import copy
+import os
 import re
 from typing import Dict, List, Optional, Union
 
@@ -12,7 +13,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmptq.quantizers import check_bits
-from mmptq.registry import nearest_names
+from mmptq.registry import OBSERVERS, QUANTIZERS, check_type, nearest_names
 from .presets import load_quant_cfg
 
 #: the best generic recipe: every key a user leaves out comes from here
@@ -68,7 +69,6 @@ class QuantConfig(dict):
 
 def _quantizer_form(value, where: str) -> str:
     """What a quantizer dict looks like, for the error about ``value``."""
-    from mmptq.registry import OBSERVERS, QUANTIZERS
     msg = (f'quant_cfg.{where} must be a quantizer dict, dict(type=..., '
            f'...), e.g. dict(type=\'UniformQuantizer\', '
            f'observer=dict(type=\'MinMaxObserver\')); got {value!r}')
@@ -96,10 +96,38 @@ def _check_quantizer(value, where: str, allow_none: bool = False) -> None:
             f'got {obs!r}')
 
 
+def quantizer_entries(cfg: dict) -> List[tuple]:
+    """``(key, quantizer dict)`` of every quantizer dict of a resolved
+    quant_cfg, keys as in errors: ``'act'``, ``'norm'``, ``'attn.softmax'``,
+    ``'overrides[1].weight'``..."""
+    out = [('weight', cfg['weight']), ('act', cfg['act'])]
+    if isinstance(cfg['norm'], dict):
+        out.append(('norm', cfg['norm']))
+    for sub in ('softmax', 'matmul'):
+        if isinstance(cfg['attn'].get(sub), dict):
+            out.append((f'attn.{sub}', cfg['attn'][sub]))
+    for i, ov in enumerate(cfg['overrides']):
+        for key in ('weight', 'act'):
+            if isinstance(ov, dict) and isinstance(ov.get(key), dict):
+                out.append((f'overrides[{i}].{key}', ov[key]))
+    return out
+
+
+def _check_registered(cfg: dict) -> None:
+    """Every quantizer and observer ``type`` is registered (an unknown one
+    is an error naming its full key, e.g. ``quant_cfg.act.observer``)."""
+    for key, qcfg in quantizer_entries(cfg):
+        _check_quantizer(qcfg, key)
+        if 'type' in qcfg:
+            check_type(QUANTIZERS, qcfg['type'], key)
+        obs = qcfg.get('observer')
+        if isinstance(obs, dict) and 'type' in obs:
+            check_type(OBSERVERS, obs['type'], f'{key}.observer')
+
+
 def _as_quant_cfg(quant_cfg) -> Optional[dict]:
     """A preset name or a config file path (a str) as its quant_cfg dict;
     anything but a dict or None is an error."""
-    import os
     if isinstance(quant_cfg, (str, os.PathLike)):
         return _strip_delete(load_quant_cfg(os.fspath(quant_cfg)))
     if quant_cfg is not None and not isinstance(quant_cfg, dict):
@@ -160,6 +188,7 @@ def resolve_quant_cfg(
                          f'not one of {CALIB_MODES}')
     if not isinstance(cfg['overrides'], (list, tuple)):
         raise ValueError('quant_cfg.overrides must be a list of dicts')
+    _check_registered(cfg)
     for i, ov in enumerate(cfg['overrides']):
         if not isinstance(ov, dict) or (('name' in ov) == bool(
                 ov.get('first_op'))):

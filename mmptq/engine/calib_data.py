@@ -1,8 +1,10 @@
 """The calibration batches of ``quant_cfg.calib``, built from the
 config's own datasets through its *test* pipeline."""
 import copy
+import logging
 
 import torch
+from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from torch.utils.data import DataLoader, Subset
 
@@ -46,6 +48,10 @@ def build_calib_dataloader(runner, calib: dict) -> DataLoader:
     dataset = DATASETS.build(dataset_cfg)
     if len(dataset) == 0:
         raise ValueError(f'the {split} dataset is empty: no calibration data')
+    if num > len(dataset):
+        print_log(f'mmptq: quant_cfg.calib.num_samples={num}, but the {split} '
+                  f'dataset has {len(dataset)} samples: calibrating on all '
+                  f'{len(dataset)}', logger='current', level=logging.WARNING)
     g = torch.Generator().manual_seed(calib['seed'])
     indices = torch.randperm(len(dataset), generator=g)[:num].sort().values
     loader = dict(

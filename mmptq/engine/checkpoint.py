@@ -28,7 +28,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from mmptq.core import (META_KEY, QuantSummary, quant_meta,
+from mmptq.core import (META_KEY, PACKAGE_DATA, QuantSummary, quant_meta,
                         restore_quantized)
 from mmptq.version import __version__
 
@@ -312,7 +312,6 @@ def compare_state(model_state: Dict, state: Dict
 def fitting_demo_configs(state: Dict) -> List[str]:
     """The shipped demo configs (``configs/demo/<name>.py``) whose demo
     checkpoint has exactly the keys and shapes of ``state``."""
-    from mmptq.core import PACKAGE_DATA
     names = {k: _shape(v) for k, v in state.items()}
     out = []
     for ckpt in sorted((PACKAGE_DATA / 'checkpoints' / 'demo').glob('*.pth')):

@@ -6,7 +6,9 @@ one per channel, one per (channel, group) for per-group), and returns a clip
 range (lo, hi) per row. The quantizer turns a range into its parameters
 (``qparams_from_range``) and applies ``fake_quant`` with them.
 """
-from typing import Optional, Tuple
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +16,29 @@ from torch import Tensor, nn
 from mmptq.registry import OBSERVERS, build_checked
 
 GRANULARITIES = ('tensor', 'channel', 'group')
+
+#: the quant_cfg key of the quantizers being built (``'act'``,
+#: ``'weight'``, ``'norm'``, ``'attn.softmax'``...), set around their build
+#: by ``core.quantize``: an error about a quantizer's observer names
+#: ``quant_cfg.<key>.observer``
+_CONFIG_KEY: ContextVar[str] = ContextVar('mmptq_quantizer_config_key',
+                                          default='')
+
+
+@contextlib.contextmanager
+def config_key(key: str) -> Iterator[None]:
+    """Quantizers built in this context come from ``quant_cfg.<key>``."""
+    token = _CONFIG_KEY.set(key)
+    try:
+        yield
+    finally:
+        _CONFIG_KEY.reset(token)
+
+
+def observer_key() -> str:
+    """The quant_cfg key of the observer of a quantizer being built."""
+    key = _CONFIG_KEY.get()
+    return f'{key}.observer' if key else 'observer'
 MIN_BITS, MAX_BITS = 2, 16
 
 
@@ -60,6 +85,9 @@ class BaseQuantizer(nn.Module):
     is already quantized with the running parameters.
     """
 
+    #: ``with BaseQuantizer.config_key('act'):`` see :func:`config_key`
+    config_key = staticmethod(config_key)
+
     def __init__(self,
                  bits: int = 8,
                  granularity: str = 'tensor',
@@ -81,7 +109,7 @@ class BaseQuantizer(nn.Module):
         self.ch_axis = ch_axis
         self.group_size = group_size
         observer = observer or dict(type='MinMaxObserver')
-        self.observer = build_checked(OBSERVERS, observer, 'observer')
+        self.observer = build_checked(OBSERVERS, observer, observer_key())
         self.observer_type = type(self.observer).__name__
         self.observing = False
         self.enabled = True

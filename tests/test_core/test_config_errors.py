@@ -93,3 +93,64 @@ def test_a_str_where_a_quantizer_dict_goes(cfg, message):
     with pytest.raises(ValueError) as e:
         resolve_quant_cfg(cfg)
     assert str(e.value) == message
+
+
+# ------------------------- 10. an unknown observer named by its full key
+@pytest.mark.parametrize('cfg,key', [
+    (dict(act=dict(observer=dict(type='MinMaxObs'))), 'act.observer'),
+    (dict(weight=dict(observer=dict(type='MinMaxObs'))), 'weight.observer'),
+    (dict(norm=dict(type='PTFQuantizer',
+                    observer=dict(type='MinMaxObs'))), 'norm.observer'),
+    (dict(attn=dict(softmax=dict(observer=dict(type='MinMaxObs')))),
+     'attn.softmax.observer'),
+    (dict(overrides=[dict(name='head', act=dict(
+        observer=dict(type='MinMaxObs')))]), 'overrides[0].act.observer'),
+], ids=['act', 'weight', 'norm', 'softmax', 'override'])
+def test_unknown_observer_names_its_key(cfg, key):
+    from mmptq.core.config import resolve_quant_cfg
+    with pytest.raises(ValueError) as e:
+        resolve_quant_cfg(cfg)
+    assert str(e.value) == (
+        f"quant_cfg.{key}: unknown observer type 'MinMaxObs'; did you mean: "
+        'MinMaxObserver, EMAMinMaxObserver, MSEGridObserver?')
+
+
+def test_unknown_quantizer_names_its_key():
+    from mmptq.core.config import resolve_quant_cfg
+    with pytest.raises(ValueError) as e:
+        resolve_quant_cfg(dict(attn=dict(softmax=dict(type='LogSqrt2'))))
+    assert str(e.value).startswith(
+        "quant_cfg.attn.softmax: unknown quantizer type 'LogSqrt2'; did you "
+        "mean: ")
+
+
+@pytest.mark.parametrize('key', ['act', 'weight'])
+def test_the_key_reaches_the_observer_build(key):
+    """Past resolving (a QuantConfig made by hand, or a type unregistered
+    since): the quantizer's own build names the key too."""
+    import torch
+
+    from mmptq.apis import quantize_model
+    from mmptq.core.config import QuantConfig, resolve_quant_cfg
+    from toy_models import TinyCNN
+    cfg = dict(resolve_quant_cfg(None))
+    cfg[key] = dict(cfg[key], observer=dict(type='Nope'))
+    with pytest.raises(ValueError) as e:
+        quantize_model(TinyCNN().eval(), QuantConfig(cfg),
+                       [torch.randn(2, 3, 16, 16)])
+    assert str(e.value).startswith(
+        f"quant_cfg.{key}.observer: unknown observer type 'Nope'; did you "
+        'mean: ')
+
+
+def test_a_quantizer_built_alone_keeps_the_short_key():
+    from mmptq.quantizers import UniformQuantizer
+    from mmptq.quantizers.base import config_key
+    with pytest.raises(ValueError, match=r"^quant_cfg\.observer: unknown"):
+        UniformQuantizer(observer=dict(type='Nope'))
+    with config_key('norm'):
+        with pytest.raises(ValueError,
+                           match=r"^quant_cfg\.norm\.observer: unknown"):
+            UniformQuantizer(observer=dict(type='Nope'))
+    with pytest.raises(ValueError, match=r"^quant_cfg\.observer: unknown"):
+        UniformQuantizer(observer=dict(type='Nope'))

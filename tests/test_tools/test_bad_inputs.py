@@ -138,3 +138,48 @@ def test_demo_hivit_checkpoint_with_the_demo_deit_config(cls):
     assert 'AssertionError' not in proc.output
     assert CALIBRATING not in proc.output
     assert sha256(ckpt) == before
+
+
+# ------------------------ 8. more calibration samples than the dataset has
+def test_more_calibration_samples_than_images(cls):
+    proc = run_tool('test', cls.cfg, cls.fp, '--quant-cfg', 'w8a8',
+                    '--calib-samples', 100,
+                    '--work-dir', osp.join(cls.root, 'work'))
+    assert proc.returncode == 0, describe(proc)
+    [line] = [line for line in proc.output.splitlines()
+              if 'mmptq: quant_cfg.calib.num_samples=100' in line]
+    assert ' - WARNING - ' in line, line
+    assert line.endswith(
+        'mmptq: quant_cfg.calib.num_samples=100, but the train dataset has 8 '
+        'samples: calibrating on all 8'), line
+
+
+# ---------------------------------------------- 9. an option given twice
+@pytest.mark.parametrize('option,values', [
+    ('--quant-cfg', ('w8a8', 'w4a4')), ('--w-bits', ('8', '4')),
+    ('--calib-samples', ('4', '8'))])
+def test_a_quant_option_given_twice(option, values, capsys):
+    import argparse
+
+    from mmptq.apis.cli import add_quant_args
+    parser = argparse.ArgumentParser(prog='test.py')
+    add_quant_args(parser)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args([option, values[0], option, values[1]])
+    assert e.value.code == 2
+    first, second = values if option == '--quant-cfg' else map(int, values)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'test.py: error: argument {option}: given twice ({first!r}, then '
+        f'{second!r}); give it once')
+    assert getattr(parser.parse_args([option, values[0]]),
+                   option[2:].replace('-', '_')) == first
+
+
+def test_quant_cfg_twice_in_the_tool(cls):
+    proc = run_tool('quantize', cls.cfg, cls.fp, '--quant-cfg', 'w8a8',
+                    '--quant-cfg', 'w4a4', '--out',
+                    osp.join(cls.root, 'never.pth'))
+    assert last_line(proc) == (
+        "quantize.py: error: argument --quant-cfg: given twice ('w8a8', "
+        "then 'w4a4'); give it once"), describe(proc)
+    assert not osp.exists(osp.join(cls.root, 'never.pth'))
