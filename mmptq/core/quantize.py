@@ -14,6 +14,7 @@ from mmptq.nn import (AttentionCallRouter, QuantConv1d, QuantConv2d,
                       record_calls)
 from mmptq.nn.attention import build_site
 from mmptq.nn.modules import QuantWeightMixin
+from mmptq.nn.own_forward import own_forward_class, own_weight_calls
 from mmptq.quantizers import (BaseQuantizer, PerCallQuantizer,
                               reset_call_counters)
 from mmptq.registry import (MODEL_TRANSFORMS, QUANTIZERS, RECONSTRUCTIONS,
@@ -37,21 +38,58 @@ NORM_WRAPPERS: Dict[type, type] = {nn.LayerNorm: QuantLayerNorm}
 EQUIVALENT_FORWARD = ('mmcv.cnn.bricks.wrappers',)
 
 
+def _overridden_base(mod: nn.Module,
+                     wrappers: Dict[type, type] = WRAPPERS) -> Optional[type]:
+    """The class of ``wrappers`` whose forward the class of ``mod``
+    overrides (None when it keeps it, its forward is known to be
+    equivalent, or it has no class of ``wrappers``)."""
+    if isinstance(mod, (QuantWeightMixin, QuantLayerNorm)):
+        return None
+    base = next((b for b in type(mod).__mro__ if b in wrappers), None)
+    if base is None or type(mod).forward is base.forward or \
+            type(mod).__module__ in EQUIVALENT_FORWARD:
+        return None
+    return base
+
+
 def _wrapper_for(mod: nn.Module,
-                 wrappers: Dict[type, type] = WRAPPERS
+                 wrappers: Dict[type, type] = WRAPPERS,
+                 calls: Optional[list] = None
                  ) -> Tuple[Optional[type], str]:
-    """(quantized class, '') or (None, reason it stays FP)."""
+    """(quantized class, '') or (None, reason it stays FP). A subclass with
+    its own forward is quantized (``mmptq.nn.own_forward``) when ``calls``,
+    its calls recorded by ``discover``, hold exactly one call of the
+    parent's functional op with its own weight."""
     if isinstance(mod, (QuantWeightMixin, QuantLayerNorm)):
         return None, 'already quantized'
     for base in type(mod).__mro__:
         if base in wrappers:
-            same = type(mod).forward is base.forward or \
-                type(mod).__module__ in EQUIVALENT_FORWARD
-            if same:
+            if _overridden_base(mod, wrappers) is None:
                 return wrappers[base], ''
-            return None, (f'{type(mod).__name__} overrides the forward of '
-                          f'{base.__name__}')
+            return _own_forward_wrapper(mod, base, wrappers[base], calls)
     return None, f'no quantized op for {type(mod).__name__}'
+
+
+def _own_forward_wrapper(mod: nn.Module, base: type, quant: type,
+                         calls: Optional[list]
+                         ) -> Tuple[Optional[type], str]:
+    overrides = (f'{type(mod).__name__} overrides the forward of '
+                 f'{base.__name__}')
+    functional = getattr(quant, 'functional', None)
+    if functional is None:
+        return None, overrides
+    own, other = own_weight_calls(calls or [], functional)
+    op = f'F.{quant.kind}'
+    if own == 1:
+        return own_forward_class(type(mod), quant), ''
+    if own > 1:
+        return None, (f'{overrides}: its forward calls {op} with its own '
+                      f'weight {own} times')
+    if other:
+        return None, (f'{overrides}: its forward does not end in {op} with '
+                      f'its own weight (it calls {op} with another weight)')
+    return None, (f'{overrides}: its forward does not end in {op} with its '
+                  f'own weight (no such call in the discovery forward)')
 
 
 def run_batch(model: nn.Module) -> Callable:
@@ -77,37 +115,20 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _config_key(name: str) -> str:
-    """The quant_cfg key of the quantizer ``name`` when its caller does not
-    give it: ``weight`` for ``<layer>.weight``, ``attn.softmax`` for
-    ``<op>.softmax``, ``act`` for the others."""
-    if name.endswith('.weight'):
-        return 'weight'
-    if name.endswith('.softmax'):
-        return 'attn.softmax'
-    return 'act'
-
-
-def _quantizer(cfg: dict, bits: int, name: str, key: Optional[str] = None,
-               **defaults) -> nn.Module:
-    """The quantizer ``name`` built from ``cfg``, the dict at
-    ``quant_cfg.<key>`` (errors about it and its observer name that key)."""
-    key = key or _config_key(name)
+def _quantizer(cfg: dict, bits: int, name: str, **defaults) -> nn.Module:
     args = {**defaults, **cfg, 'bits': bits, 'name': name}
-    with BaseQuantizer.config_key(key):
-        return build_checked(QUANTIZERS, args, key)
+    return build_checked(QUANTIZERS, args, name)
 
 
 def _input_quantizer(cfg: dict, bits: int, name: str,
-                     calls: int = 1, key: str = 'act') -> nn.Module:
+                     calls: int = 1) -> nn.Module:
     """The input quantizer of an op; one per call (``PerCallQuantizer``)
     for an op that runs ``calls`` > 1 times per forward."""
     if calls > 1:
         return PerCallQuantizer([
-            _quantizer(cfg, bits, f'{name}.input@{k}', key)
-            for k in range(calls)
+            _quantizer(cfg, bits, f'{name}.input@{k}') for k in range(calls)
         ])
-    return _quantizer(cfg, bits, f'{name}.input', key)
+    return _quantizer(cfg, bits, f'{name}.input')
 
 
 def find_quantizers(model: nn.Module) -> List[BaseQuantizer]:
@@ -128,11 +149,21 @@ def discover(
     run more than once per forward of the model (a head shared by the FPN
     levels), their number of calls; and the first op with a weight that the
     forward runs (the layer that reads the image, for the ``first_op``
-    overrides). See ``prepare``."""
+    overrides). For the Conv / Linear subclasses with their own forward,
+    ``calls`` also holds their calls of functional weighted ops
+    (``Call.weight`` 'own' / 'other'; ``_wrapper_for`` reads them). See
+    ``prepare``."""
     for name, adapter in apply_adapters(model).items():
         print_log(f'mmptq: {name} → {adapter}', logger='current')
     counts: Dict[str, int] = {}  # in the order of the first call
-    calls = record_calls(model, lambda: run(batch), counts)
+    # Conv / Linear subclasses with their own forward: their calls of the
+    # functional weighted ops, to tell which compute the parent's op
+    own_forward = [m for name, m in model.named_modules()
+                   if name and _has_matrix_weight(m) and _overridden_base(m)]
+    calls = record_calls(model, lambda: run(batch), counts, own_forward)
+    for name, host_calls in calls.items():  # never mixed with attention
+        if any(c.weight == '' for c in host_calls):
+            calls[name] = [c for c in host_calls if c.weight == '']
     forwards = max(counts.get('', 1), 1)  # of the root: once per batch
     modules = dict(model.named_modules())
     first_op = next((name for name in counts if name and
@@ -163,13 +194,16 @@ def prepare(model: nn.Module,
     for name, mod in list(model.named_modules()):
         if not name or not _has_matrix_weight(mod):
             continue
-        wrapper, reason = _wrapper_for(mod)
+        wrapper, reason = _wrapper_for(mod, calls=calls.get(name))
+        own = _overridden_base(mod) is not None
         rule = rules.for_layer(name)
         if wrapper is None:
-            summary.add(name, type(mod).__name__, reason=reason)
+            summary.add(name, type(mod).__name__, reason=reason,
+                        own_forward=own)
             continue
         if rule['skip']:
-            summary.add(name, wrapper.kind, reason='skipped by override')
+            summary.add(name, wrapper.kind, reason='skipped by override',
+                        own_forward=own)
             continue
         new = wrapper.from_float(mod)
         new.train(mod.training)
@@ -181,7 +215,7 @@ def prepare(model: nn.Module,
         if calibrate_weights:
             new.calibrate_weight()
         _replace(model, name, new)
-        summary.add(name, wrapper.kind, weight=wq, act=aq)
+        summary.add(name, wrapper.kind, weight=wq, act=aq, own_forward=own)
 
     for name, mod in list(model.named_modules()):
         if not cfg['norm'] or not name or not isinstance(mod, nn.LayerNorm):

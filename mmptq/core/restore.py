@@ -18,13 +18,14 @@ META_KEY = 'mmptq'
 
 def quant_meta(summary: QuantSummary) -> Dict:
     """The ``meta['mmptq']`` entry of a quantized checkpoint: mmptq version,
-    resolved quant_cfg, attention discovery records and the summary rows."""
+    resolved quant_cfg, discovery records (attention calls; the weighted
+    calls of Conv / Linear subclasses with their own forward) and the
+    summary rows."""
     return dict(
         version=__version__,
         quant_cfg=dict(summary.quant_cfg),
         calls={
-            host: [dict(asdict(c), shapes=[list(s) for s in c.shapes],
-                        out_shape=list(c.out_shape)) for c in calls]
+            host: [_call_meta(c) for c in calls]
             for host, calls in summary.calls.items()
         },
         call_counts=dict(summary.call_counts),
@@ -34,13 +35,24 @@ def quant_meta(summary: QuantSummary) -> Dict:
         reconstruction=[dict(r) for r in summary.reconstruction])
 
 
+def _call_meta(call: Call) -> Dict:
+    """A discovery record as saved: ``weight`` only for the weighted calls
+    of the Conv / Linear subclasses with their own forward."""
+    meta = dict(asdict(call), shapes=[list(s) for s in call.shapes],
+                out_shape=list(call.out_shape))
+    if not call.weight:
+        del meta['weight']
+    return meta
+
+
 def restore_quantized(model: nn.Module, meta: Dict) -> QuantSummary:
     """Give ``model`` (FP, as built from its config) the quantized structure
     recorded in ``meta`` (from ``quant_meta``): adapters, wrapped ops and
     attention sites, frozen and ready for ``load_state_dict``."""
     calls = {
         host: [Call(c['kind'], tuple(tuple(s) for s in c['shapes']),
-                    tuple(c['out_shape'])) for c in host_calls]
+                    tuple(c['out_shape']), c.get('weight', ''))
+               for c in host_calls]
         for host, host_calls in meta['calls'].items()
     }
     apply_adapters(model)

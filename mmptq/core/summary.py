@@ -35,18 +35,23 @@ class QuantSummary(list):
             kind: str,
             weight: Optional[nn.Module] = None,
             act: Optional[nn.Module] = None,
-            reason: str = '') -> None:
+            reason: str = '',
+            own_forward: bool = False) -> None:
+        """``own_forward``: a Conv / Linear subclass with its own forward
+        (the row then has ``own_forward=True``)."""
         quantized = weight is not None or act is not None
-        self.append(
-            dict(
-                name=name,
-                kind=kind,
-                status='quantized' if quantized else 'fp',
-                w_bits=getattr(weight, 'bits', None),
-                a_bits=getattr(act, 'bits', None),
-                weight=weight.describe() if weight is not None else None,
-                act=act.describe() if act is not None else None,
-                reason=reason))
+        row = dict(
+            name=name,
+            kind=kind,
+            status='quantized' if quantized else 'fp',
+            w_bits=getattr(weight, 'bits', None),
+            a_bits=getattr(act, 'bits', None),
+            weight=weight.describe() if weight is not None else None,
+            act=act.describe() if act is not None else None,
+            reason=reason)
+        if own_forward:
+            row['own_forward'] = True
+        self.append(row)
 
     def add_attention(self, name: str, role: str,
                       operands: Dict[str, nn.Module]) -> None:
@@ -77,6 +82,16 @@ class QuantSummary(list):
             kind[row['status']] = kind.get(row['status'], 0) + 1
         return out
 
+    def own_forward_counts(self) -> Dict[str, int]:
+        """{status: count} of the Conv / Linear subclasses with their own
+        forward: quantized through their call of the parent's op, or FP
+        (their forward computes something else); empty when none."""
+        out: Dict[str, int] = {}
+        for row in self:
+            if row.get('own_forward'):
+                out[row['status']] = out.get(row['status'], 0) + 1
+        return out
+
     def fp_rows(self) -> List[dict]:
         return [r for r in self if r['status'] == 'fp']
 
@@ -95,6 +110,12 @@ class QuantSummary(list):
             lines.append(f"{r['name'][:60]:60s} {r['kind']:16s} "
                          f"{r['status']:9s} {r['w_bits'] or '-':<2} "
                          f"{a_bits or '-':<2} {detail}")
+        own = self.own_forward_counts()
+        if own:
+            lines.append(
+                f"Conv / Linear subclasses with their own forward: "
+                f"{own.get('quantized', 0)} quantized (their call of the "
+                f"parent's op), {own.get('fp', 0)} FP")
         for t in self.transforms:
             lines.append(f"{t['transform']}: {t['target']} -> "
                          f"{', '.join(t['consumers']) or '-'}: {t['mode']}"

@@ -3,11 +3,14 @@ from .attention import AttentionCallRouter, attention_sites, record_calls
 from .modules import (QuantConv1d, QuantConv2d, QuantConv3d,
                       QuantConvTranspose2d, QuantLayerNorm, QuantLinear,
                       QuantMatMul, QuantSDPA, QuantSoftmax)
+from .own_forward import (QuantOwnForwardMixin, own_forward_class,
+                          own_weight_calls)
 
 __all__ = [
     'QuantLinear', 'QuantConv1d', 'QuantConv2d', 'QuantConv3d',
     'QuantConvTranspose2d', 'QuantMatMul', 'QuantSoftmax', 'QuantSDPA',
     'QuantLayerNorm',
     'AttentionCallRouter', 'attention_sites', 'record_calls', 'ADAPTERS',
-    'MultiheadAttentionAdapter', 'apply_adapters'
+    'MultiheadAttentionAdapter', 'apply_adapters', 'QuantOwnForwardMixin',
+    'own_forward_class', 'own_weight_calls'
 ]

@@ -10,7 +10,7 @@ gets an ``AttentionCallRouter`` that, while the host runs, intercepts those
 calls in order (call k → site k) and routes them to quantized sites.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .modules import QuantMatMul, QuantSDPA, QuantSoftmax
+from .own_forward import WEIGHTED_FUNCS, call_operands
 
 MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
            torch.bmm, torch.Tensor.bmm}
@@ -42,6 +43,10 @@ class Call:
     kind: str
     shapes: Tuple[Tuple[int, ...], ...]  # operand shapes
     out_shape: Tuple[int, ...]
+    #: weighted functional ops (``own_forward.WEIGHTED_FUNCS``, recorded
+    #: for the ``weighted`` modules only): 'own' when the weight was the
+    #: module's ``weight``, else 'other'; '' for attention calls
+    weight: str = ''
 
 
 @dataclass
@@ -54,12 +59,18 @@ class HostRecord:
 class _RecordMode(TorchFunctionMode):
 
     def __init__(self, stack: List[nn.Module],
-                 records: Dict[nn.Module, HostRecord]) -> None:
+                 records: Dict[nn.Module, HostRecord],
+                 weighted: Collection[nn.Module] = ()) -> None:
         super().__init__()
         self.stack, self.records = stack, records
+        self.weighted = weighted
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if func in WEIGHTED_FUNCS and self.stack and \
+                self.stack[-1] in self.weighted:
+            self._record_weighted(func, args, kwargs or {}, out)
+            return out
         kind = _kind(func)
         owner = next((m for m in reversed(self.stack)
                       if not isinstance(m, TRANSPARENT)), None)
@@ -72,14 +83,35 @@ class _RecordMode(TorchFunctionMode):
             record.calls.append(Call(kind, shapes, tuple(out.shape)))
         return out
 
+    def _record_weighted(self, func, args, kwargs, out) -> None:
+        """A call of a functional weighted op by the innermost running
+        module, one of ``weighted``: with its own weight or not."""
+        owner = self.stack[-1]
+        record = self.records.setdefault(owner, HostRecord())
+        if record.done:
+            return
+        x, w = call_operands(args, kwargs)
+        shapes = tuple(tuple(t.shape) for t in (x, w)
+                       if isinstance(t, Tensor))
+        own = w is not None and w is getattr(owner, 'weight', None)
+        record.calls.append(
+            Call(WEIGHTED_FUNCS[func], shapes,
+                 tuple(out.shape) if isinstance(out, Tensor) else (),
+                 'own' if own else 'other'))
+
 
 def record_calls(model: nn.Module, run: Callable[[], object],
-                 counts: Optional[Dict[str, int]] = None
+                 counts: Optional[Dict[str, int]] = None,
+                 weighted: Collection[nn.Module] = ()
                  ) -> Dict[str, List[Call]]:
     """Run ``run()`` once and return, per module name, the matmul / softmax
     / SDPA calls made directly by that module in its first forward. With
     ``counts``, also fill it with the number of forwards of every module
-    during the run."""
+    during the run. For the modules in ``weighted`` (Conv / Linear
+    subclasses with their own forward), also the calls of functional
+    weighted ops (``F.conv2d``, ``F.linear``, ...) they made while they
+    were the innermost running module, with whether the weight was their
+    own ``weight`` (``Call.weight``)."""
     stack: List[nn.Module] = []
     records: Dict[nn.Module, HostRecord] = {}
     names = {m: n for n, m in model.named_modules()}
@@ -99,7 +131,7 @@ def record_calls(model: nn.Module, run: Callable[[], object],
         nn.modules.module.register_module_forward_hook(post, always_call=True)
     ]
     try:
-        with torch.no_grad(), _RecordMode(stack, records):
+        with torch.no_grad(), _RecordMode(stack, records, set(weighted)):
             run()
     finally:
         for h in handles:

@@ -46,6 +46,7 @@ class QuantWeightMixin:
 
 class QuantLinear(QuantWeightMixin, nn.Linear):
     kind = 'linear'
+    functional = staticmethod(F.linear)  # the op of the parent's forward
 
     @classmethod
     def from_float(cls, mod: nn.Linear) -> 'QuantLinear':
@@ -76,18 +77,22 @@ class _QuantConvNd(QuantWeightMixin):
 
 class QuantConv1d(_QuantConvNd, nn.Conv1d):
     kind = 'conv1d'
+    functional = staticmethod(F.conv1d)
 
 
 class QuantConv2d(_QuantConvNd, nn.Conv2d):
     kind = 'conv2d'
+    functional = staticmethod(F.conv2d)
 
 
 class QuantConv3d(_QuantConvNd, nn.Conv3d):
     kind = 'conv3d'
+    functional = staticmethod(F.conv3d)
 
 
 class QuantConvTranspose2d(QuantWeightMixin, nn.ConvTranspose2d):
     kind = 'conv_transpose2d'
+    functional = staticmethod(F.conv_transpose2d)
     weight_ch_axis = 1  # weight is (in, out / groups, kh, kw)
 
     @classmethod
