@@ -115,20 +115,37 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _quantizer(cfg: dict, bits: int, name: str, **defaults) -> nn.Module:
+def _config_key(name: str) -> str:
+    """The quant_cfg key of the quantizer ``name`` when its caller does not
+    give it: ``weight`` for ``<layer>.weight``, ``attn.softmax`` for
+    ``<op>.softmax``, ``act`` for the others."""
+    if name.endswith('.weight'):
+        return 'weight'
+    if name.endswith('.softmax'):
+        return 'attn.softmax'
+    return 'act'
+
+
+def _quantizer(cfg: dict, bits: int, name: str, key: Optional[str] = None,
+               **defaults) -> nn.Module:
+    """The quantizer ``name`` built from ``cfg``, the dict at
+    ``quant_cfg.<key>`` (errors about it and its observer name that key)."""
+    key = key or _config_key(name)
     args = {**defaults, **cfg, 'bits': bits, 'name': name}
-    return build_checked(QUANTIZERS, args, name)
+    with BaseQuantizer.config_key(key):
+        return build_checked(QUANTIZERS, args, key)
 
 
 def _input_quantizer(cfg: dict, bits: int, name: str,
-                     calls: int = 1) -> nn.Module:
+                     calls: int = 1, key: str = 'act') -> nn.Module:
     """The input quantizer of an op; one per call (``PerCallQuantizer``)
     for an op that runs ``calls`` > 1 times per forward."""
     if calls > 1:
         return PerCallQuantizer([
-            _quantizer(cfg, bits, f'{name}.input@{k}') for k in range(calls)
+            _quantizer(cfg, bits, f'{name}.input@{k}', key)
+            for k in range(calls)
         ])
-    return _quantizer(cfg, bits, f'{name}.input')
+    return _quantizer(cfg, bits, f'{name}.input', key)
 
 
 def find_quantizers(model: nn.Module) -> List[BaseQuantizer]:
