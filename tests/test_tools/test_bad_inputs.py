@@ -10,8 +10,9 @@ import pytest
 
 pytest.importorskip('mmpretrain')
 
-from e2e_utils import (DEIT_CFG, describe, make_tiny_cls,  # noqa: E402
-                       run_tool, save_fp_checkpoint, write_config)
+from e2e_utils import (DEIT_CFG, REPO_ROOT, describe,  # noqa: E402
+                       make_tiny_cls, run_tool, save_fp_checkpoint,
+                       write_config)
 
 CALIBRATING = 'calibrating'
 
@@ -119,6 +120,8 @@ def test_test_tool_with_an_html_page_as_checkpoint(cls):
 def test_demo_hivit_checkpoint_with_the_demo_deit_config(cls):
     cfg = 'configs/demo/deit-mini_mnist-cls.py'
     ckpt = 'checkpoints/demo/hivit-mini_mnist-cls.pth'
+    if not osp.isdir(osp.join(REPO_ROOT, 'data', 'mnist_cls')):
+        pytest.fail('data/mnist_cls is missing: `make test` builds it')
     before = sha256(ckpt)
     proc = run_tool('test', cfg, ckpt, '--quant-cfg', 'w8a8',
                     '--calib-samples', 4,
