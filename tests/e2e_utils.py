@@ -4,6 +4,7 @@ to run mmptq's tools as subprocesses.
 The config templates are ``str.format`` templates: ``{root}`` is the data
 directory; literal braces are doubled.
 """
+import glob
 import json
 import os
 import os.path as osp
@@ -239,6 +240,15 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """The tool succeeded (else: its output in the assertion message)."""
     assert proc.returncode == 0, describe(proc)
     return proc
+
+
+def metrics_json(work_dir: str) -> dict:
+    """The metrics mmengine's logger writes for a test run."""
+    files = glob.glob(osp.join(work_dir, '*', '[0-9]*_[0-9]*.json'))
+    assert len(files) == 1, files
+    with open(files[0]) as f:
+        metrics = json.load(f)
+    return {k: v for k, v in metrics.items() if k not in ('time', 'data_time')}
 
 
 def results(work_dir: str) -> dict:

@@ -7,8 +7,6 @@ Upstream, ``Runner.load_checkpoint`` calls the hooks' ``after_load_checkpoint``
 (``EMAHook`` copies the checkpoint into its EMA model; mmpretrain's swaps a
 trained checkpoint's ``ema_state_dict`` back) and the test epoch's
 ``before_test_epoch`` swaps the EMA weights into the model."""
-import glob
-import json
 import os.path as osp
 import pickle
 from types import SimpleNamespace
@@ -23,7 +21,7 @@ from mmptq.engine.loops import detached_hooks, weight_swapping_hooks
 pytest.importorskip('mmdet')
 pytest.importorskip('mmpretrain')
 
-from e2e_utils import (REPO_ROOT, RTMDET_TINY_CFG, describe,  # noqa: E402
+from e2e_utils import (metrics_json, REPO_ROOT, RTMDET_TINY_CFG, describe,  # noqa: E402
                        make_tiny_coco, ok, results, run_tool, run_upstream,
                        save_init_checkpoint, upstream_tool, write_config)
 
@@ -36,15 +34,6 @@ DEIT_OPTS = ('--cfg-options', 'test_dataloader.dataset.indices=200',
              'test_dataloader.num_workers=0',
              'test_dataloader.persistent_workers=False')
 SWAPPED = "['EMAHook'] swap weights into the model"
-
-
-def metrics_json(work_dir):
-    """The metrics mmengine's logger writes for a test run."""
-    files = glob.glob(osp.join(work_dir, '*', '[0-9]*_[0-9]*.json'))
-    assert len(files) == 1, files
-    with open(files[0]) as f:
-        metrics = json.load(f)
-    return {k: v for k, v in metrics.items() if k not in ('time', 'data_time')}
 
 
 def boxes(path):

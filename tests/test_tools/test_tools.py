@@ -2,7 +2,6 @@
 ``tools/quantize.py``) run as subprocesses on tiny data written here, with
 tiny models built from the real mmdet / mmseg / mmpretrain configs."""
 import glob
-import json
 import math
 import os.path as osp
 import pickle
@@ -19,7 +18,7 @@ pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
 pytest.importorskip('mmpretrain')
 
-from e2e_utils import (DEIT_CFG, MASK_RCNN_CFG, REPO_ROOT,  # noqa: E402
+from e2e_utils import (metrics_json, DEIT_CFG, MASK_RCNN_CFG, REPO_ROOT,  # noqa: E402
                        SEGFORMER_CFG, describe, fp_predictions, ok,
                        make_tiny_cls, make_tiny_coco, make_tiny_seg,
                        quantized_kinds, results, run_tool,
@@ -58,15 +57,6 @@ def same(a, b, where='preds'):
             same(x, y, f'{where}[{i}]')
     else:
         assert a == b, f'{where}: {a!r} != {b!r}'
-
-
-def metrics_json(work_dir):
-    """The metrics mmengine's logger writes for a test run."""
-    files = glob.glob(osp.join(work_dir, '*', '[0-9]*_[0-9]*.json'))
-    assert len(files) == 1, files
-    with open(files[0]) as f:
-        metrics = json.load(f)
-    return {k: v for k, v in metrics.items() if k not in ('time', 'data_time')}
 
 
 def load_preds(path):
