@@ -16,10 +16,12 @@ quantized one (:func:`save_quantized_checkpoint`) and publishing trained
 weights (:func:`publish_checkpoint`).
 """
 import argparse
+import os
 import os.path as osp
 import pickle
 import re
 import warnings
+import zipfile
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -30,6 +32,7 @@ from torch import nn
 
 from mmptq.core import (META_KEY, PACKAGE_DATA, QuantSummary, quant_meta,
                         restore_quantized)
+from mmptq.utils import atomic_path, file_digest
 from mmptq.version import __version__
 
 SafeGlobal = Tuple[Any, str]
@@ -139,7 +142,6 @@ def _check_is_checkpoint(filename: str) -> None:
     """Raise :class:`NotACheckpointError` when ``filename`` is neither a
     zip archive (``torch.save``'s format) nor a pickle (its legacy format,
     which starts with the PROTO opcode)."""
-    import zipfile
     with open(filename, 'rb') as f:
         head = f.read(64)
     if zipfile.is_zipfile(filename) or head[:1] == b'\x80':
@@ -268,9 +270,6 @@ def publish_checkpoint(src: str, dst: str,
     sha256. Only ``meta_keys`` of its ``meta`` are kept; with ``dtype``
     (e.g. ``torch.float16``) floating-point tensors are stored in it
     (loading casts them back to the model's dtype)."""
-    import hashlib
-    import os
-
     ckpt = load_checkpoint_file(src)
     if 'state_dict' not in ckpt:
         raise KeyError(f'{src} has no "state_dict": not a Runner checkpoint')
@@ -283,8 +282,7 @@ def publish_checkpoint(src: str, dst: str,
     out = dict(state_dict=state, meta=meta)
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     torch.save(out, dst)
-    with open(dst, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return file_digest(dst)['sha256']
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -412,26 +410,10 @@ def save_quantized_checkpoint(model: nn.Module, summary: QuantSummary,
     summary rows); main process only."""
     if not is_main_process():
         return
-    import os
-    import tempfile
     meta = dict(mmptq_version=__version__, **{META_KEY: quant_meta(summary)})
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # a temporary file in the same folder, renamed only after success: a
-    # failed save never leaves a partial file at (or over) ``path``
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.',
-                               suffix='.tmp', dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as torch.save(path) would create it
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(dict(meta=meta,
-                            state_dict=unwrap(model).state_dict()), f)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    # renamed over ``path`` only after success: a failed save never leaves
+    # a partial file at (or over) ``path``
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(dict(meta=meta, state_dict=unwrap(model).state_dict()), f)
     print_log(f'mmptq: quantized checkpoint saved to {path}',
               logger='current')

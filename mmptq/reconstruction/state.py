@@ -1,6 +1,5 @@
 """Resume state of a reconstruction run: the units done, one state dict
 each, in a directory named after the run's fingerprint."""
-import hashlib
 import json
 import os
 import os.path as osp
@@ -12,13 +11,7 @@ from mmengine import dist
 from mmengine.logging import print_log
 from torch import nn
 
-
-def _file_digest(path: str) -> Dict:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return dict(sha256=h.hexdigest(), size=osp.getsize(path))
+from mmptq.utils import atomic_path, file_digest
 
 
 class ReconstructionState:
@@ -90,7 +83,7 @@ class ReconstructionState:
             return self._corrupt(name, 'the file is missing')
         expected = self.files.get(name)
         if expected is not None:
-            found = _file_digest(path)
+            found = file_digest(path)
             if found['size'] != expected['size']:
                 return self._corrupt(
                     name, f'{found["size"]} bytes, {expected["size"]} were '
@@ -110,14 +103,12 @@ class ReconstructionState:
         if name not in self.done:
             self.done.append(name)
         if dist.is_main_process():
-            tmp = self._unit_path(name) + '.tmp'
-            torch.save(unit.state_dict(), tmp)
-            self.files[name] = _file_digest(tmp)
-            os.replace(tmp, self._unit_path(name))
-            tmp = osp.join(self.root, 'progress.json.tmp')
-            with open(tmp, 'w') as f:
-                json.dump(dict(done=self.done, files=self.files), f)
-            os.replace(tmp, osp.join(self.root, 'progress.json'))
+            with atomic_path(self._unit_path(name)) as tmp:
+                torch.save(unit.state_dict(), tmp)
+                self.files[name] = file_digest(tmp)
+            with atomic_path(osp.join(self.root, 'progress.json')) as tmp:
+                with open(tmp, 'w') as f:
+                    json.dump(dict(done=self.done, files=self.files), f)
         dist.barrier()
 
     def finish(self) -> None:

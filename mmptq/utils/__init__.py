@@ -1,4 +1,5 @@
 """Small helpers of mmptq that belong to no single component."""
+from .files import atomic_path, file_digest
 from .torchvision_shim import install_torchvision_shim
 
-__all__ = ['install_torchvision_shim']
+__all__ = ['atomic_path', 'file_digest', 'install_torchvision_shim']
