@@ -27,10 +27,12 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
-from mmptq.core import PACKAGE_DATA, merge_quant_cfg, model_options
-from mmptq.engine import (CalibrationLoop, install_safe_loader,
-                          load_checkpoint_file, load_state_checked,
-                          plain_metrics)
+from mmptq.core import (PACKAGE_DATA, QuantConfig, merge_quant_cfg,
+                        model_options)
+from mmptq.engine import (CalibrationLoop, detached_hooks,
+                          install_safe_loader, load_checkpoint_file,
+                          load_state_checked, plain_metrics,
+                          weight_swapping_hooks)
 from mmptq.version import __version__
 from .runner_setup import build_runner, load_config
 
@@ -194,6 +196,27 @@ def bits_label(quant_cfg: dict) -> str:
     return f'W{quant_cfg["w_bits"]}A{quant_cfg["a_bits"]}'
 
 
+def _quantized_row(runner, name: str, quant_cfg: QuantConfig,
+                   fp_row: dict) -> dict:
+    """Calibrate ``runner.model`` (a fresh FP copy) with ``quant_cfg``
+    (named ``name``) and evaluate it: one row, with its deltas and costs
+    relative to the model's FP row."""
+    calib = CalibrationLoop(runner, quant_cfg)
+    with PeakMemory(next(runner.model.parameters()).is_cuda) as mem:
+        summary = calib.run()
+    runner.model.eval()
+    metrics, eval_s, eval_peak = _evaluate(runner)
+    got = primary_metrics(metrics)
+    fp = fp_row['metrics']
+    return dict(
+        fp_row, quant=name, bits=bits_label(quant_cfg), metrics=got,
+        delta={k: got[k] - fp[k] for k in got if k in fp},
+        all_metrics=metrics, calib_s=calib.seconds, eval_s=eval_s,
+        eval_ratio=eval_s / fp_row['eval_s'],
+        peak_mib=max(mem.peak_mib, eval_peak), counts=summary.counts(),
+        reconstruction=summary.reconstruction)
+
+
 def run_benchmark(models: Sequence[ModelSpec],
                   quant_cfgs: Sequence[str],
                   work_dir: str,
@@ -222,42 +245,38 @@ def run_benchmark(models: Sequence[ModelSpec],
         _restrict_coco_metrics(runner)
         runner.call_hook('before_run')  # as Runner.test(): log files, ...
         ckpt = load_checkpoint_file(spec.checkpoint, unsafe=unsafe_load)
+        # as Runner.load_checkpoint: hooks see the checkpoint (EMAHook
+        # copies it into its EMA model), then it loads into the model
+        runner.call_hook('after_load_checkpoint', checkpoint=ckpt)
         load_state_checked(runner.model, ckpt.get('state_dict', ckpt),
                            spec.checkpoint)
-        fp_model = copy.deepcopy(runner.model)
         common = dict(num_images=len(runner.test_loop.dataloader.dataset),
                       config=spec.config, checkpoint=spec.checkpoint)
         print_log(f'mmptq benchmark: {spec.name} FP', logger='current')
         metrics, fp_eval_s, peak = _evaluate(runner)
         fp = primary_metrics(metrics)
-        rows.append(dict(model=spec.name, quant='FP', bits='FP', metrics=fp,
-                         delta={k: 0.0 for k in fp}, all_metrics=metrics,
-                         calib_s=0.0, eval_s=fp_eval_s, eval_ratio=1.0,
-                         peak_mib=peak, **common))
+        fp_row = dict(model=spec.name, quant='FP', bits='FP', metrics=fp,
+                      delta={k: 0.0 for k in fp}, all_metrics=metrics,
+                      calib_s=0.0, eval_s=fp_eval_s, eval_ratio=1.0,
+                      peak_mib=peak, **common)
+        rows.append(fp_row)
         bar.update()
-        for name in quant_cfgs:
-            quant_cfg = merge_quant_cfg(cfg, name,
-                                        calib_samples=calib_samples,
-                                        cfg_options=cfg_options)
-            runner.model = copy.deepcopy(fp_model)
-            print_log(f'mmptq benchmark: {spec.name} x {name}',
-                      logger='current')
-            calib = CalibrationLoop(runner, quant_cfg)
-            with PeakMemory(next(fp_model.parameters()).is_cuda) as mem:
-                summary = calib.run()
-            runner.model.eval()
-            metrics, eval_s, eval_peak = _evaluate(runner)
-            got = primary_metrics(metrics)
-            rows.append(dict(
-                model=spec.name, quant=name,
-                bits=bits_label(quant_cfg), metrics=got,
-                delta={k: got[k] - fp[k] for k in got if k in fp},
-                all_metrics=metrics, calib_s=calib.seconds, eval_s=eval_s,
-                eval_ratio=eval_s / fp_eval_s,
-                peak_mib=max(mem.peak_mib, eval_peak),
-                counts=summary.counts(),
-                reconstruction=summary.reconstruction, **common))
-            bar.update()
+        # quantize the weights the FP test evaluated (an EMAHook's swap);
+        # no hook swaps into the quantized copies (as in QuantTestLoop)
+        swapping = weight_swapping_hooks(runner)
+        for hook in swapping:
+            hook.before_test_epoch(runner)
+        fp_model = copy.deepcopy(runner.model)
+        with detached_hooks(runner, swapping):
+            for name in quant_cfgs:
+                quant_cfg = merge_quant_cfg(cfg, name,
+                                            calib_samples=calib_samples,
+                                            cfg_options=cfg_options)
+                runner.model = copy.deepcopy(fp_model)
+                print_log(f'mmptq benchmark: {spec.name} x {name}',
+                          logger='current')
+                rows.append(_quantized_row(runner, name, quant_cfg, fp_row))
+                bar.update()
         runner.call_hook('after_run')
         del runner, fp_model
     return rows

@@ -8,7 +8,8 @@ from .checkpoint import (UnsafeCheckpointError, UnsafeLoadWarning,
                          load_state_checked, publish_checkpoint,
                          safe_globals_list, save_quantized_checkpoint, unwrap)
 from .dist_runner import CPUDistRunner, init_dist_without_cuda
-from .loops import CalibrationLoop, QuantTestLoop
+from .loops import (CalibrationLoop, QuantTestLoop, detached_hooks,
+                    weight_swapping_hooks)
 from .report import plain_metrics, write_results
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     'load_quantized_checkpoint', 'load_state_checked', 'publish_checkpoint',
     'safe_globals_list', 'save_quantized_checkpoint', 'unwrap',
     'CPUDistRunner', 'init_dist_without_cuda', 'CalibrationLoop',
-    'QuantTestLoop', 'plain_metrics', 'write_results'
+    'QuantTestLoop', 'detached_hooks', 'weight_swapping_hooks',
+    'plain_metrics', 'write_results'
 ]

@@ -7,6 +7,7 @@ Upstream, ``Runner.load_checkpoint`` calls the hooks' ``after_load_checkpoint``
 (``EMAHook`` copies the checkpoint into its EMA model; mmpretrain's swaps a
 trained checkpoint's ``ema_state_dict`` back) and the test epoch's
 ``before_test_epoch`` swaps the EMA weights into the model."""
+import json
 import os.path as osp
 import pickle
 from types import SimpleNamespace
@@ -175,6 +176,22 @@ def test_ema_config_quantized_checkpoint(deit, deit_w8a8):
                        *DEIT_OPTS))
     assert 'calibrating' not in proc.output
     assert results(work_dir)['metrics'] == deit_w8a8['metrics']
+
+
+def test_ema_config_benchmark(deit, deit_w8a8):
+    """tools/benchmark.py evaluates as tools/test.py: the FP row is
+    upstream's FP, the W8A8 row the W8A8 test's result (its model copies
+    get no EMA swap)."""
+    work_dir = osp.join(deit.root, 'benchmark')
+    ok(run_tool('benchmark', '--model', deit.ema, deit.ckpt, '--quant-cfg',
+                'w8a8', '--calib-samples', 8, '--num-images', 200,
+                '--work-dir', work_dir, '--cfg-options',
+                'test_dataloader.num_workers=0',
+                'test_dataloader.persistent_workers=False'))
+    with open(osp.join(work_dir, 'benchmark.json')) as f:
+        fp, w8a8 = json.load(f)['rows']
+    assert fp['all_metrics'] == deit.fp
+    assert w8a8['all_metrics'] == deit_w8a8['metrics']
 
 
 # ------------------------------------------------ RTMDet-tiny, random init
