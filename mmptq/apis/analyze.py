@@ -42,8 +42,12 @@ def image_like(num: int, size: Tuple[int, int], seed: int = 0) -> List[Tensor]:
 
 def build_random_model(config: str, cfg_options: Optional[dict] = None
                        ) -> Tuple[nn.Module, str]:
-    """(model with random weights, scope) from a config file; pretrained
-    ``init_cfg`` is dropped so that nothing is downloaded."""
+    """(model with random weights, scope) from a config file, initialised
+    as training would start (``init_weights()``: the classes' own
+    ``init_cfg``, e.g. Kaiming convs and BN at 1) except that every
+    ``Pretrained`` init and ``pretrained`` path is dropped: nothing is
+    downloaded. (PyTorch's default init alone can make a deep net's signal
+    vanish, e.g. EfficientNet's to ~1e-22: an SQNR of the head's bias.)"""
     cfg = load_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -53,14 +57,31 @@ def build_random_model(config: str, cfg_options: Optional[dict] = None
                          f'{SCOPES} configs')
     init_default_scope(scope)
     _drop_pretrained(cfg.model)
-    return MODELS.build(cfg.model).eval(), scope
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.eval(), scope
+
+
+def _is_pretrained(init_cfg) -> bool:
+    return isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
 
 
 def _drop_pretrained(node) -> None:
+    """Remove ``Pretrained`` ``init_cfg`` entries from a model config, in
+    place (an init_cfg left empty is removed: the class's default init
+    applies), and set ``pretrained`` paths to None."""
     if isinstance(node, dict):
         for key in list(node):
-            if key == 'init_cfg' or key == 'pretrained':
+            if key == 'pretrained':
                 node[key] = None
+            elif key == 'init_cfg' and node[key] is not None:
+                entries = node[key] if isinstance(node[key], (list, tuple)) \
+                    else [node[key]]
+                kept = [c for c in entries if not _is_pretrained(c)]
+                if not kept:
+                    del node[key]
+                elif len(kept) < len(entries):
+                    node[key] = kept
             else:
                 _drop_pretrained(node[key])
     elif isinstance(node, (list, tuple)):

@@ -54,3 +54,22 @@ def test_real_config_w8a8(config, size, hosts):
     assert counts['conv2d'].get('quantized', 0) + counts.get(
         'linear', {}).get('quantized', 0) > 0
     assert sqnr >= 20.0, f'{config}: W8A8 SQNR {sqnr:.1f} dB'
+
+
+def test_build_random_model_initialises_without_pretrained():
+    """``init_weights()`` runs with the config's own init_cfg (ResNet:
+    Kaiming fan_out normal convs), while a ``Pretrained`` entry (a file
+    that does not exist) is dropped: inside a list, or alone (then the
+    class's default init_cfg, Kaiming as well, applies)."""
+    pretrained = dict(type='Pretrained', checkpoint='/nonexistent.pth')
+    kaiming = dict(type='Kaiming', layer=['Conv2d'])
+    for init_cfg in (pretrained, [kaiming, pretrained]):
+        model, _ = build_random_model(
+            'mmpretrain::resnet/resnet18_8xb32_in1k.py',
+            {'model.backbone.init_cfg': init_cfg})
+        conv = model.backbone.conv1.weight  # 64 x 3 x 7 x 7
+        fan_out, fan_in = 64 * 7 * 7, 3 * 7 * 7
+        # Kaiming fan_out: std sqrt(2 / 3136) = 0.025; PyTorch's default
+        # (uniform, a=sqrt(5)): sqrt(1 / (3 * 147)) = 0.048
+        assert abs(float(conv.std()) - math.sqrt(2 / fan_out)) < 0.003
+        assert abs(float(conv.std()) - math.sqrt(1 / (3 * fan_in))) > 0.015

@@ -16,14 +16,11 @@ RESNET = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
 
 def w8a8(config):
     """W8A8 SQNR (dB) and summary of ``config`` at 64x64 with the weights
-    of the model classes' own ``init_cfg`` (Kaiming convs, BN at 1).
-    ``build_random_model`` alone leaves PyTorch's default init, under
-    which EfficientNet's signal vanishes (~1e-22 after the last stage):
-    its logits are then the head's bias and the SQNR is ~200 dB whatever
-    is quantized, a measure of nothing."""
+    of the model classes' own ``init_cfg`` (Kaiming convs, BN at 1; under
+    PyTorch's default init EfficientNet's signal vanishes, ~1e-22 after
+    the last stage, and the SQNR is ~200 dB whatever is quantized)."""
     torch.manual_seed(0)
     model, scope = build_random_model(config)
-    model.init_weights()
     calib = [synthetic_batch(scope, 1, (64, 64), i) for i in range(2)]
     test = synthetic_batch(scope, 2, (64, 64), seed=10_000)
     result = quantization_sqnr(model, scope, load_quant_cfg('w8a8'), calib,
