@@ -8,6 +8,13 @@ it calls SDPA, or calls a matmul with output shape S, then a softmax over a
 tensor of shape S, then a matmul whose left operand has shape S. Each host
 gets an ``AttentionCallRouter`` that, while the host runs, intercepts those
 calls in order (call k → site k) and routes them to quantized sites.
+
+A softmax quantizer with ``takes_value`` (PTQ4SAM's AGQ) calibrates on the
+error after the matmul with V, so it is applied where the probabilities
+meet V: the softmax call returns them in FP, and the next matmul whose
+left operand has the softmax's output shape (as ``attention_sites`` pairs
+them) gets its left operand quantized by it, called with
+``value=`` its right operand.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Dict, List, Optional, Tuple
@@ -196,6 +203,8 @@ class AttentionCallRouter(nn.Module):
         self.active = [s is not None for s in sites]
         self._index = 0
         self._mode: Optional[_CaptureMode] = None
+        #: (quantizer, output shape) of softmax calls waiting for their V
+        self._pending: List[Tuple[nn.Module, Tuple[int, ...]]] = []
 
     def dispatch(self, kind: str, func: Callable, args, kwargs):
         k = self._index
@@ -208,12 +217,32 @@ class AttentionCallRouter(nn.Module):
                 f'changes with the input. Keep it in FP with '
                 f"overrides=[dict(name=r'{self.host_name}', skip=True)] or "
                 f'add an adapter in mmptq/nn/adapters.py')
+        if kind == 'matmul' and self._pending:
+            args = self._probs_quantized(args)
         if not self.active[k]:
             return func(*args, **kwargs)
-        return self.sites[k](func, *args, **kwargs)
+        site = self.sites[k]
+        if kind == 'softmax' and takes_value(site.quantizer):
+            out = func(*args, **kwargs)
+            self._pending.append((site.quantizer, tuple(out.shape)))
+            return out
+        return site(func, *args, **kwargs)
+
+    def _probs_quantized(self, args: tuple) -> tuple:
+        """A matmul's operands, the left one quantized by the waiting
+        softmax quantizer of its shape, if any."""
+        if len(args) < 2:
+            return args
+        a, b = args[0], args[1]
+        for i, (quantizer, shape) in enumerate(self._pending):
+            if tuple(a.shape) == shape:
+                del self._pending[i]
+                return (quantizer(a, value=b), b, *args[2:])
+        return args
 
     def enter(self, module: nn.Module, args) -> None:
         self._index = 0
+        self._pending = []
         self._mode = _CaptureMode(self)
         self._mode.__enter__()
 
@@ -228,6 +257,11 @@ class AttentionCallRouter(nn.Module):
         host.register_forward_hook(self.exit, always_call=True)
 
 
+def takes_value(quantizer: Optional[nn.Module]) -> bool:
+    """Whether a softmax quantizer is applied with the V of its matmul."""
+    return bool(getattr(quantizer, 'takes_value', False))
+
+
 def build_site(role: str, make: Callable[[str], Optional[nn.Module]]
                ) -> nn.Module:
     """Quantized site for a role; ``make(operand)`` builds the quantizer of
@@ -239,6 +273,11 @@ def build_site(role: str, make: Callable[[str], Optional[nn.Module]]
         return QuantSoftmax(make('softmax'))
     if role == 'av':
         return QuantMatMul(None, make('v'))
-    return QuantSDPA(
-        build_site('qk', make), build_site('softmax', make),
-        build_site('av', make))
+    qk, softmax = build_site('qk', make), build_site('softmax', make)
+    if takes_value(softmax.quantizer):
+        raise ValueError(
+            f'{softmax.quantizer.name}: {type(softmax.quantizer).__name__} '
+            f'needs the V of attn·V, which scaled_dot_product_attention '
+            f'does not expose; use another attn.softmax quantizer for this '
+            f'model or keep the host FP with an override (skip=True)')
+    return QuantSDPA(qk, softmax, build_site('av', make))

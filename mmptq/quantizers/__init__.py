@@ -1,4 +1,5 @@
 from .adaround import AdaRoundQuantizer
+from .agq import AGQObserver, AGQQuantizer, agq_search
 from .base import BaseQuantizer, check_bits, grad_scale, round_ste
 from .lis import LISQuantizer, int_exp, log_int_softmax
 from .log import Log2Quantizer, LogQuantizer, LogSqrt2Quantizer
@@ -10,5 +11,6 @@ __all__ = [
     'BaseQuantizer', 'UniformQuantizer', 'LogQuantizer', 'Log2Quantizer',
     'LogSqrt2Quantizer', 'PTFQuantizer', 'LISQuantizer', 'int_exp',
     'log_int_softmax', 'AdaRoundQuantizer', 'PerCallQuantizer', 'reset_call_counters',
-    'check_bits', 'round_ste', 'grad_scale'
+    'check_bits', 'round_ste', 'grad_scale', 'AGQQuantizer', 'AGQObserver',
+    'agq_search'
 ]
