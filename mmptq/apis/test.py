@@ -1,44 +1,15 @@
 """The test and quantize workflows of ``tools/test.py`` and
 ``tools/quantize.py``: an OpenMMLab config whose test loop quantizes (or
 restores a quantized checkpoint) and evaluates, run by its Runner."""
-import os
-import os.path as osp
 from typing import Optional
 
 from mmengine.config import Config
 from mmengine.evaluator import DumpResults
 
 from mmptq.core import QuantConfig
+from mmptq.utils.files import make_dir, prepare_out_path
 from .runner_setup import (build_runner, configure_quant_test,
                            enable_visualization)
-
-
-def make_dir(path: str, option: str) -> None:
-    """Create the folder ``path`` (of the CLI option ``option``) now, before
-    any work, as the upstream tools do for --out / --show-dir."""
-    try:
-        os.makedirs(path or '.', exist_ok=True)
-    except OSError as e:
-        raise ValueError(f'{option}: cannot create the folder {path}: '
-                         f'{e.strerror}') from None
-
-
-def prepare_out_path(out: str, checkpoint: Optional[str],
-                     option: str = '--out') -> None:
-    """Check an output file before any work: it must not be the input
-    ``checkpoint`` (it would be overwritten), and its folder is created."""
-    out_abs = osp.abspath(osp.expanduser(out))
-    if checkpoint:
-        ckpt = osp.abspath(osp.expanduser(checkpoint))
-        if osp.realpath(out_abs) == osp.realpath(ckpt) or (
-                osp.exists(out_abs) and osp.exists(ckpt)
-                and osp.samefile(out_abs, ckpt)):
-            raise ValueError(
-                f'{option} {out} is the input checkpoint {checkpoint}: it '
-                'would be overwritten; write to another file')
-    if osp.isdir(out_abs):
-        raise ValueError(f'{option} {out} is a folder; give a file path')
-    make_dir(osp.dirname(out_abs), option)
 
 
 def run_test(cfg: Config,

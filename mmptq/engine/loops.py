@@ -14,6 +14,7 @@ from torch import nn
 from mmptq.core import (QuantConfig, QuantSummary, quantize_model,
                         resolve_quant_cfg)
 from mmptq.registry import LOOPS
+from mmptq.utils.files import prepare_out_path
 from .calib_data import build_calib_dataloader
 from .checkpoint import (install_safe_loader, is_quantized_checkpoint,
                          load_checkpoint_file, load_quantized_checkpoint,
@@ -162,6 +163,9 @@ class QuantTestLoop(TestLoop):
             quant_cfg = runner.cfg.get('quant_cfg')
         self.quant_cfg = None if quant_cfg is None else resolve_quant_cfg(
             quant_cfg)
+        if save_quantized:  # before any work; never over the input
+            prepare_out_path(save_quantized, checkpoint,
+                             'test_cfg.save_quantized')
         self.checkpoint = checkpoint
         self.fp_baseline = fp_baseline
         self.save_quantized = save_quantized

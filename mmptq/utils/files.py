@@ -1,11 +1,11 @@
-"""File writing and hashing shared by the checkpoint and resume-state
-code."""
+"""Output paths checked before any work, atomic writes and file hashing,
+shared by the tools, the test loop, the checkpoint and resume-state code."""
 import hashlib
 import os
 import os.path as osp
 import tempfile
 from contextlib import contextmanager
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 
 @contextmanager
@@ -39,3 +39,31 @@ def file_digest(path: str) -> Dict:
         for block in iter(lambda: f.read(1 << 20), b''):
             h.update(block)
     return dict(sha256=h.hexdigest(), size=osp.getsize(path))
+
+
+def make_dir(path: str, option: str) -> None:
+    """Create the folder ``path`` (of the CLI option ``option``) now, before
+    any work, as the upstream tools do for --out / --show-dir."""
+    try:
+        os.makedirs(path or '.', exist_ok=True)
+    except OSError as e:
+        raise ValueError(f'{option}: cannot create the folder {path}: '
+                         f'{e.strerror}') from None
+
+
+def prepare_out_path(out: str, checkpoint: Optional[str],
+                     option: str = '--out') -> None:
+    """Check an output file before any work: it must not be the input
+    ``checkpoint`` (it would be overwritten), and its folder is created."""
+    out_abs = osp.abspath(osp.expanduser(out))
+    if checkpoint:
+        ckpt = osp.abspath(osp.expanduser(checkpoint))
+        if osp.realpath(out_abs) == osp.realpath(ckpt) or (
+                osp.exists(out_abs) and osp.exists(ckpt)
+                and osp.samefile(out_abs, ckpt)):
+            raise ValueError(
+                f'{option} {out} is the input checkpoint {checkpoint}: it '
+                'would be overwritten; write to another file')
+    if osp.isdir(out_abs):
+        raise ValueError(f'{option} {out} is a folder; give a file path')
+    make_dir(osp.dirname(out_abs), option)

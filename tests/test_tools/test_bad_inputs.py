@@ -11,10 +11,11 @@ import pytest
 pytest.importorskip('mmpretrain')
 
 from e2e_utils import (DEIT_CFG, REPO_ROOT, describe,  # noqa: E402
-                       make_tiny_cls, run_tool, save_fp_checkpoint,
-                       write_config)
+                       make_tiny_cls, run_tool, run_upstream,
+                       save_fp_checkpoint, upstream_tool, write_config)
 
 CALIBRATING = 'calibrating'
+W8A8 = osp.join(REPO_ROOT, 'configs', 'quant', 'w8a8.py')
 
 
 def sha256(path):
@@ -55,6 +56,28 @@ def test_quantize_out_is_the_input_checkpoint(cls, spelling):
     assert last_line(proc) == (
         f'ValueError: --out {out} is the input checkpoint {cls.fp}: it '
         'would be overwritten; write to another file'), describe(proc)
+    assert CALIBRATING not in proc.output
+    assert sha256(cls.fp) == before
+
+
+def test_upstream_tool_save_quantized_is_the_input_checkpoint(cls):
+    """mmpretrain's own tools/test.py with ``mmptq.QuantTestLoop`` saving
+    over its ``load_from``: refused when the loop is built, before the
+    checkpoint is even read."""
+    if not upstream_tool('mmpretrain'):
+        pytest.skip("mmpretrain's tools/test.py is not installed")
+    cfg = osp.join(cls.root, 'save_over_input.py')
+    with open(cfg, 'w') as f:
+        f.write(f"_base_ = [{cls.cfg!r}, {W8A8!r}]\n"
+                "test_cfg = dict(type='mmptq.QuantTestLoop', "
+                f"save_quantized={cls.fp!r})\n")
+    before = sha256(cls.fp)
+    proc = run_upstream('mmpretrain', cfg, cls.fp,
+                        '--work-dir', osp.join(cls.root, 'upstream'))
+    assert last_line(proc) == (
+        f'ValueError: test_cfg.save_quantized {cls.fp} is the input '
+        f'checkpoint {cls.fp}: it would be overwritten; write to another '
+        'file'), describe(proc)
     assert CALIBRATING not in proc.output
     assert sha256(cls.fp) == before
 
