@@ -22,6 +22,7 @@ LAYERS: Dict[str, int] = {
     'engine': 7,
     'core': 6,
     'reconstruction': 5, 'transforms': 5, 'models': 5, 'datasets': 5,
+    'export': 5,
     'nn': 4,
     'quantizers': 3,
     'observers': 2,
