@@ -1,20 +1,28 @@
-"""A stand-in for the few parts of torchvision that mmpretrain 1.2 imports.
+"""A stand-in for the few parts of torchvision that mmpretrain 1.2 and
+segment-anything 1.0 import.
 
 mmpretrain 1.2.0 imports torchvision at module level (``models.heads`` via
 ``evaluation.metrics.visual_grounding_eval``, ``models.utils.box_utils``,
 ``datasets.transforms``), so without torchvision none of its models or
-transforms can be built. PyPI's torchvision does not load beside a CPU
+transforms can be built; segment-anything 1.0 imports it in
+``automatic_mask_generator`` (box ops) and ``utils.transforms``
+(``ResizeLongestSide``: PIL resize). PyPI's torchvision does not load beside a CPU
 build of torch ("operator torchvision::nms does not exist") and mmptq needs
 none of its features, so it is not installed.
 
 :func:`install_torchvision_shim` appends a finder to the *end* of
 ``sys.meta_path``: where a real torchvision is installed it is always found
 first and the shim never loads. Otherwise ``import torchvision`` gets this
-stand-in, which provides exactly what mmpretrain touches:
+stand-in, which provides exactly what mmpretrain and segment-anything
+touch:
 
 - ``torchvision.ops.boxes``: ``box_area``, ``box_iou``,
-  ``generalized_box_iou``, ``_upcast`` (same math as torchvision's);
-- ``torchvision.transforms.functional.pil_to_tensor``;
+  ``generalized_box_iou``, ``_upcast``, ``nms``, ``batched_nms`` (same
+  math as torchvision's; ``nms`` is a plain greedy loop);
+- ``torchvision.transforms.functional``: ``pil_to_tensor``,
+  ``to_pil_image`` (uint8 arrays and tensors) and ``resize`` of a PIL
+  image to an explicit ``(h, w)`` (PIL's resampling, as torchvision does
+  for PIL images);
 - ``torchvision.transforms.InterpolationMode`` and a ``RandomResizedCrop``
   placeholder (a base class for mmpretrain's MAE crop; building it raises).
 
@@ -30,6 +38,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 __all__ = ['install_torchvision_shim', 'TorchvisionShimFinder']
 
@@ -90,6 +99,29 @@ def generalized_box_iou(boxes1: torch.Tensor,
     return iou - (areai - union) / areai
 
 
+def nms(boxes: torch.Tensor, scores: torch.Tensor,
+        iou_threshold: float) -> torch.Tensor:
+    """Indices of the boxes kept by greedy NMS, by decreasing score."""
+    iou = box_iou(boxes, boxes)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for i in torch.argsort(scores, descending=True).tolist():
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= iou[i] > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64, device=boxes.device)
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor,
+                idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """NMS within each category of ``idxs`` (boxes of different categories
+    are moved apart, as torchvision's coordinate trick)."""
+    if boxes.numel() == 0:
+        return torch.empty((0, ), dtype=torch.int64, device=boxes.device)
+    offsets = idxs.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
 # ----------------------------------------------------------- transforms
 class InterpolationMode(enum.Enum):
     """Same members and values as torchvision's."""
@@ -119,6 +151,42 @@ def pil_to_tensor(pic) -> torch.Tensor:
     return img.permute(2, 0, 1).contiguous()
 
 
+def to_pil_image(pic) -> Image.Image:
+    """A uint8 ``(H, W[, C])`` array or a ``(C, H, W)`` tensor (float in
+    [0, 1] or uint8) as a PIL image."""
+    if isinstance(pic, torch.Tensor):
+        if pic.is_floating_point():
+            pic = pic.mul(255).byte()
+        pic = pic.permute(1, 2, 0).cpu().numpy()
+    if pic.ndim == 3 and pic.shape[2] == 1:
+        pic = pic[..., 0]
+    if pic.dtype != np.uint8:
+        raise TypeError('the torchvision stand-in converts uint8 images only, '
+                        f'got {pic.dtype}')
+    return Image.fromarray(pic)
+
+
+_PIL_RESAMPLE = {
+    InterpolationMode.NEAREST: Image.NEAREST,
+    InterpolationMode.BILINEAR: Image.BILINEAR,
+    InterpolationMode.BICUBIC: Image.BICUBIC,
+    InterpolationMode.BOX: Image.BOX,
+    InterpolationMode.HAMMING: Image.HAMMING,
+    InterpolationMode.LANCZOS: Image.LANCZOS,
+}
+
+
+def resize(img: Image.Image, size: Sequence[int],
+           interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+           max_size: Optional[int] = None, antialias=True) -> Image.Image:
+    """A PIL image resized to ``size = (h, w)`` with PIL's resampling."""
+    if not isinstance(img, Image.Image) or isinstance(size, int) or \
+            len(size) != 2 or max_size:
+        raise TypeError('the torchvision stand-in resizes PIL images to an '
+                        'explicit (h, w) only')
+    return img.resize((size[1], size[0]), _PIL_RESAMPLE[interpolation])
+
+
 # ----------------------------------------------------------- the finder
 def _fill(module: types.ModuleType, attrs: Dict[str, object]) -> None:
     module.__dict__.update(attrs)
@@ -128,18 +196,21 @@ def _fill(module: types.ModuleType, attrs: Dict[str, object]) -> None:
 _MODULES: Dict[str, Dict[str, object]] = {
     'torchvision': dict(__version__=SHIM_VERSION, __mmptq_shim__=True),
     'torchvision.ops': dict(box_area=box_area, box_iou=box_iou,
-                            generalized_box_iou=generalized_box_iou),
+                            generalized_box_iou=generalized_box_iou,
+                            nms=nms, batched_nms=batched_nms),
     'torchvision.ops.boxes': dict(box_area=box_area, box_iou=box_iou,
                                   generalized_box_iou=generalized_box_iou,
                                   _upcast=_upcast,
-                                  _box_inter_union=_box_inter_union),
+                                  _box_inter_union=_box_inter_union,
+                                  nms=nms, batched_nms=batched_nms),
     'torchvision.transforms': dict(InterpolationMode=InterpolationMode,
                                    RandomResizedCrop=RandomResizedCrop),
     'torchvision.transforms.transforms': dict(
         InterpolationMode=InterpolationMode,
         RandomResizedCrop=RandomResizedCrop),
     'torchvision.transforms.functional': dict(
-        InterpolationMode=InterpolationMode, pil_to_tensor=pil_to_tensor),
+        InterpolationMode=InterpolationMode, pil_to_tensor=pil_to_tensor,
+        to_pil_image=to_pil_image, resize=resize),
 }
 _PACKAGES = ('torchvision', 'torchvision.ops', 'torchvision.transforms')
 

@@ -66,3 +66,42 @@ def test_mmpretrain_builds():
     assert out.shape == (1, 10)
     with pytest.raises(RuntimeError, match='needs torchvision'):
         TRANSFORMS.build(dict(type='MAERandomResizedCrop', size=32))
+
+
+def test_nms():
+    from torchvision.ops.boxes import batched_nms, nms
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.],
+                          [20., 20., 30., 30.], [0., 0., 10., 9.]])
+    scores = torch.tensor([0.5, 0.9, 0.4, 0.8])
+    # IoU(1, 0) = 81/119, IoU(1, 3) = 72/118, IoU(0, 3) = 0.9
+    assert nms(boxes, scores, 0.65).tolist() == [1, 3, 2]
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.95).tolist() == [1, 3, 0, 2]
+    # another category is never suppressed
+    idxs = torch.tensor([0, 0, 0, 1])
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == [1, 3, 2]
+    assert batched_nms(boxes[:0], scores[:0], idxs[:0], 0.5).shape == (0, )
+
+
+def test_resize_and_to_pil_image():
+    import torchvision.transforms.functional as F
+    arr = np.random.RandomState(0).randint(0, 256, (5, 7, 3),
+                                           dtype=np.uint8)
+    pil = F.to_pil_image(arr)
+    assert np.array_equal(np.array(pil), arr)
+    assert np.array_equal(np.array(F.to_pil_image(torch.from_numpy(
+        arr).permute(2, 0, 1))), arr)
+    out = F.resize(pil, (9, 13))
+    assert out.size == (13, 9)  # PIL: (w, h)
+    assert np.array_equal(np.array(out),
+                          np.array(Image.fromarray(arr).resize(
+                              (13, 9), Image.BILINEAR)))
+    with pytest.raises(TypeError, match='explicit'):
+        F.resize(pil, 9)
+
+
+def test_segment_anything_imports():
+    from segment_anything import SamAutomaticMaskGenerator  # noqa: F401
+    from segment_anything.utils.transforms import ResizeLongestSide
+    img = np.zeros((30, 50, 3), dtype=np.uint8)
+    assert ResizeLongestSide(64).apply_image(img).shape == (38, 64, 3)
