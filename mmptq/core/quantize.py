@@ -109,10 +109,25 @@ def run_batch(model: nn.Module) -> Callable:
     return call
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition('.')
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
+def _holders(model: nn.Module) -> Dict[int, List[Tuple[nn.Module, str]]]:
+    """id(module) -> every (parent, attribute) that holds it: a module can
+    sit under several parents (RTMDet's head shares its convs across
+    levels), while ``named_modules`` names it once."""
+    out: Dict[int, List[Tuple[nn.Module, str]]] = {}
+    seen = set()
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for attr, child in parent._modules.items():
+            if child is not None and (id(parent), attr) not in seen:
+                seen.add((id(parent), attr))
+                out.setdefault(id(child), []).append((parent, attr))
+    return out
+
+
+def _replace(holders: Dict[int, List[Tuple[nn.Module, str]]],
+             old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` in every place that holds ``old``."""
+    for parent, attr in holders[id(old)]:
+        setattr(parent, attr, new)
 
 
 def _config_key(name: str) -> str:
@@ -207,6 +222,7 @@ def prepare(model: nn.Module,
     summary = QuantSummary(quant_cfg=cfg, calls=calls,
                            call_counts=call_counts, first_op=first_op)
     rules = LayerRules(cfg, first_op)
+    holders = _holders(model)
 
     for name, mod in list(model.named_modules()):
         if not name or not _has_matrix_weight(mod):
@@ -231,7 +247,7 @@ def prepare(model: nn.Module,
         new.attach(wq, aq)
         if calibrate_weights:
             new.calibrate_weight()
-        _replace(model, name, new)
+        _replace(holders, mod, new)
         summary.add(name, wrapper.kind, weight=wq, act=aq, own_forward=own)
 
     for name, mod in list(model.named_modules()):
@@ -248,7 +264,7 @@ def prepare(model: nn.Module,
         aq = _input_quantizer(cfg['norm'], rule['a_bits'], name,
                               call_counts.get(name, 1))
         new.attach(aq)
-        _replace(model, name, new)
+        _replace(holders, mod, new)
         summary.add(name, wrapper.kind, act=aq)
 
     attn = cfg['attn']
