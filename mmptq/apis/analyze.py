@@ -40,14 +40,20 @@ def image_like(num: int, size: Tuple[int, int], seed: int = 0) -> List[Tensor]:
     return imgs
 
 
-def build_random_model(config: str, cfg_options: Optional[dict] = None
-                       ) -> Tuple[nn.Module, str]:
+def build_random_model(config: str, cfg_options: Optional[dict] = None,
+                       seed: int = 0) -> Tuple[nn.Module, str]:
     """(model with random weights, scope) from a config file, initialised
     as training would start (``init_weights()``: the classes' own
     ``init_cfg``, e.g. Kaiming convs and BN at 1) except that every
     ``Pretrained`` init and ``pretrained`` path is dropped: nothing is
     downloaded. (PyTorch's default init alone can make a deep net's signal
-    vanish, e.g. EfficientNet's to ~1e-22: an SQNR of the head's bias.)"""
+    vanish, e.g. EfficientNet's to ~1e-22: an SQNR of the head's bias.)
+
+    Args:
+        config: a config file or a packaged one (``mmdet::...``).
+        cfg_options: overrides merged into the config.
+        seed: the weights depend only on it, not on what ran before.
+    """
     cfg = load_config(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
@@ -57,6 +63,7 @@ def build_random_model(config: str, cfg_options: Optional[dict] = None
                          f'{SCOPES} configs')
     init_default_scope(scope)
     _drop_pretrained(cfg.model)
+    torch.manual_seed(seed)
     model = MODELS.build(cfg.model)
     model.init_weights()
     return model.eval(), scope

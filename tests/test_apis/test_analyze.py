@@ -3,6 +3,7 @@ quantize_model: every attention quantized, W8A8 close to FP."""
 import math
 
 import pytest
+import torch
 
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
@@ -73,3 +74,13 @@ def test_build_random_model_initialises_without_pretrained():
         # (uniform, a=sqrt(5)): sqrt(1 / (3 * 147)) = 0.048
         assert abs(float(conv.std()) - math.sqrt(2 / fan_out)) < 0.003
         assert abs(float(conv.std()) - math.sqrt(1 / (3 * fan_in))) > 0.015
+
+
+def test_build_random_model_depends_only_on_the_seed():
+    config = 'mmpretrain::resnet/resnet18_8xb32_in1k.py'
+    first, _ = build_random_model(config)
+    torch.randn(100)  # the global generator moves on
+    again, _ = build_random_model(config)
+    other, _ = build_random_model(config, seed=1)
+    a, b, c = (m.backbone.conv1.weight for m in (first, again, other))
+    assert torch.equal(a, b) and not torch.equal(a, c)

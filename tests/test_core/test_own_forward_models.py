@@ -4,7 +4,6 @@ quantized, and its W8A8 SQNR is in ResNet-18's range."""
 import math
 
 import pytest
-import torch
 
 from mmptq.apis import load_quant_cfg
 from mmptq.apis.analyze import (build_random_model, quantization_sqnr,
@@ -19,7 +18,6 @@ def w8a8(config):
     of the model classes' own ``init_cfg`` (Kaiming convs, BN at 1; under
     PyTorch's default init EfficientNet's signal vanishes, ~1e-22 after
     the last stage, and the SQNR is ~200 dB whatever is quantized)."""
-    torch.manual_seed(0)
     model, scope = build_random_model(config)
     calib = [synthetic_batch(scope, 1, (64, 64), i) for i in range(2)]
     test = synthetic_batch(scope, 2, (64, 64), seed=10_000)
