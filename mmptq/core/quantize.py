@@ -262,7 +262,7 @@ def prepare(model: nn.Module,
         new = wrapper.from_float(mod)
         new.train(mod.training)
         aq = _input_quantizer(cfg['norm'], rule['a_bits'], name,
-                              call_counts.get(name, 1))
+                              call_counts.get(name, 1), key='norm')
         new.attach(aq)
         _replace(holders, mod, new)
         summary.add(name, wrapper.kind, act=aq)

@@ -124,7 +124,7 @@ def test_unknown_quantizer_names_its_key():
         "mean: ")
 
 
-@pytest.mark.parametrize('key', ['act', 'weight'])
+@pytest.mark.parametrize('key', ['act', 'weight', 'norm'])
 def test_the_key_reaches_the_observer_build(key):
     """Past resolving (a QuantConfig made by hand, or a type unregistered
     since): the quantizer's own build names the key too."""
@@ -132,11 +132,13 @@ def test_the_key_reaches_the_observer_build(key):
 
     from mmptq.apis import quantize_model
     from mmptq.core.config import QuantConfig, resolve_quant_cfg
-    from toy_models import TinyCNN
+    from toy_models import TinyCNN, TinyViT
     cfg = dict(resolve_quant_cfg(None))
-    cfg[key] = dict(cfg[key], observer=dict(type='Nope'))
+    model = TinyViT() if key == 'norm' else TinyCNN()
+    cfg[key] = dict(cfg[key] or dict(type='PTFQuantizer'),
+                    observer=dict(type='Nope'))
     with pytest.raises(ValueError) as e:
-        quantize_model(TinyCNN().eval(), QuantConfig(cfg),
+        quantize_model(model.eval(), QuantConfig(cfg),
                        [torch.randn(2, 3, 16, 16)])
     assert str(e.value).startswith(
         f"quant_cfg.{key}.observer: unknown observer type 'Nope'; did you "
