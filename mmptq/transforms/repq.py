@@ -111,7 +111,9 @@ class RepQReparam(BaseTransform):
                 if reason:
                     break
                 q = getattr(lin, 'input_quantizer', None)
-                if not isinstance(lin, QuantLinear) or q is None:
+                # a Linear subclass with its own forward qualifies too: the
+                # trace saw its input reach F.linear unchanged
+                if getattr(lin, 'kind', None) != 'linear' or q is None:
                     reason = f'{name} is not quantized'
                 elif not isinstance(q, UniformQuantizer) or q.symmetric:
                     sym = getattr(q, 'symmetric', False)

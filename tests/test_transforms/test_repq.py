@@ -128,6 +128,42 @@ def test_repq_on_toy_pairs_is_exact_and_per_tensor():
     assert_fp_unchanged(model, fp, data[0])
 
 
+class ScaledInput(nn.Linear):
+    """A Linear subclass with its own forward: F.linear of 2x its input."""
+
+    def forward(self, x):
+        return F.linear(2 * x, self.weight, self.bias)
+
+
+class ScaledOutput(nn.Linear):
+    """A Linear subclass with its own forward: 2x F.linear of its input."""
+
+    def forward(self, x):
+        return 2 * F.linear(x, self.weight, self.bias)
+
+
+def test_repq_on_linears_with_their_own_forward():
+    """Folding is exact where F.linear sees the norm output itself
+    (ScaledOutput: folded, FP function kept); an op on the input first
+    (ScaledInput) makes the trace skip the pair."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(8), ScaledOutput(8, 8),
+                          nn.LayerNorm(8), ScaledInput(8, 8)).eval()
+    for m in (model[0], model[2]):
+        nn.init.normal_(m.weight, std=2)
+        nn.init.normal_(m.bias, std=2)
+    fp = copy.deepcopy(model)
+    data = [torch.randn(2, 4, 8) for _ in range(2)]
+    _, summary = quantize_model(model, W4A4_REPQ, data)
+    assert summary.own_forward_counts() == {'quantized': 2}
+    modes = {t['target']: (t['mode'], t['reason'])
+             for t in summary.transforms}
+    assert modes == {'0': ('scale+shift', ''),
+                     '2': ('skipped', "also feeds ['mul']")}
+    assert model[1].input_quantizer.scale.numel() == 1
+    assert_fp_unchanged(model, fp, data[0])
+
+
 def assert_fp_unchanged(model, fp, *inputs, tol=1e-5):
     for q in model.modules():
         if hasattr(q, 'enabled') and hasattr(q, 'observer'):
