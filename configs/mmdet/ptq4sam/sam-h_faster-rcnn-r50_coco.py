@@ -1,0 +1,7 @@
+# SAM-H prompted by the same detector as sam-b_faster-rcnn-r50_coco.py. SAM checkpoint,
+# under checkpoints/ptq4sam/:
+#   https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth
+_base_ = './sam-b_faster-rcnn-r50_coco.py'
+model = dict(
+    sam_variant='vit_h',
+    sam_checkpoint='checkpoints/ptq4sam/sam_vit_h_4b8939.pth')
