@@ -6,14 +6,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from segment_anything import (build_sam_vit_b, build_sam_vit_h,
                               build_sam_vit_l)
 
 from mmptq.core.config import merge_quant_cfg
 from mmptq.models import BoxPromptSAM
-from mmptq.registry import MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = osp.join(ROOT, 'configs')
@@ -95,11 +96,13 @@ def tiny_sam(cfg: Config) -> dict:
 
 @pytest.mark.parametrize('det', DETECTORS)
 def test_configs_build_and_predict(config_dir, det):
-    """Each detector config builds inside BoxPromptSAM (SAM shrunk, random
-    weights) and one image runs through it."""
+    """Each detector config builds inside BoxPromptSAM from mmdet's registry
+    (SAM shrunk, random weights) and one image runs through it."""
     cfg = load(config_dir, f'sam-b_{det}_coco')
     torch.manual_seed(0)
-    model = MODELS.build(tiny_sam(cfg)).eval()
+    with DefaultScope.overwrite_default_scope('mmdet'):  # as mmdet's Runner
+        model = MODELS.build(tiny_sam(cfg)).eval()
+    assert isinstance(model, BoxPromptSAM)
     img = np.random.RandomState(0).randint(0, 256, (48, 64, 3),
                                            dtype=np.uint8)
     sample = DetDataSample(metainfo=dict(img_shape=(48, 64),
