@@ -231,6 +231,22 @@ def test_checkpoint_loaded_safely(tmp_path):
         CheckpointLoader.register_scheme('', previous, force=True)
 
 
+def test_detector_checkpoint(tmp_path):
+    """A Runner checkpoint of the detector (numpy in its meta, which
+    mmptq's safe loader allows) loads into ``detector`` when built."""
+    det = tiny(detector=TINY_DETECTOR, seed=1).detector
+    path = str(tmp_path / 'det.pth')
+    torch.save(dict(state_dict=det.state_dict(),
+                    meta=dict(epoch=np.int64(12), hist=np.zeros(3))), path)
+    previous = install_safe_loader()
+    try:
+        model = tiny(detector=TINY_DETECTOR, detector_checkpoint=path)
+    finally:
+        CheckpointLoader.register_scheme('', previous, force=True)
+    for key, value in det.state_dict().items():
+        assert torch.equal(model.detector.state_dict()[key], value), key
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="prompt must be 'detector' or"):
         tiny(prompt='boxes')
