@@ -4,8 +4,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from mmdet.datasets import CocoDataset
 from mmdet.datasets.transforms import PackDetInputs, Resize
+from mmdet.evaluation import CocoMetric
 from mmdet.structures import DetDataSample
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.structures import InstanceData
 from segment_anything import SamPredictor, build_sam_vit_b, build_sam_vit_l
@@ -14,6 +19,7 @@ from segment_anything.modeling import Sam
 from mmptq.apis import quantize_model
 from mmptq.engine import UnsafeCheckpointError, install_safe_loader
 from mmptq.models import BoxPromptSAM
+from e2e_utils import REPO_ROOT, make_tiny_coco
 
 #: a small SAM: ViT encoder 64-dim / depth 2 with windows and a global
 #: block, 64x64 input; the standard prompt encoder and decoder, 32-dim
@@ -254,3 +260,28 @@ def test_bad_arguments():
         tiny()
     with pytest.raises(ValueError, match="sam_variant must be one of"):
         BoxPromptSAM(prompt='gt', sam_variant='vit_x')
+
+
+def test_coco_metric_scores_it(tmp_path):
+    """Through the PTQ4SAM configs' data pipeline, the predictions are what
+    mmdet's CocoMetric scores for boxes and masks (ground-truth prompts:
+    box AP 1)."""
+    ann_file = make_tiny_coco(str(tmp_path), num_images=3)
+    base = Config.fromfile(f'{REPO_ROOT}/configs/mmdet/ptq4sam/_base_/'
+                           'box-prompt-sam_coco.py')
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        dataset = CocoDataset(
+            ann_file=ann_file, data_prefix=dict(img=str(tmp_path)),
+            metainfo=dict(classes=('red', 'blue')), test_mode=True,
+            pipeline=base.sam_test_pipeline)
+    metric = CocoMetric(ann_file=ann_file, metric=['bbox', 'segm'])
+    metric.dataset_meta = dataset.metainfo
+    model = tiny(prompt='gt')
+    for i in range(len(dataset)):
+        data = pseudo_collate([dataset[i]])
+        with torch.no_grad():
+            out = model.test_step(data)
+        metric.process(data, [s.to_dict() for s in out])
+    results = metric.evaluate(len(dataset))
+    assert results['coco/bbox_mAP'] == 1.0
+    assert 0 <= results['coco/segm_mAP'] <= 1
