@@ -1,4 +1,4 @@
-from .base import BaseObserver, quantile_rows
+from .base import BaseObserver, quantile_rows, row_quantiles
 from .minmax import EMAMinMaxObserver, MinMaxObserver, PercentileObserver
 from .mse_grid import MSEGridObserver
 from .search import (MSEObserver, OMSEObserver, PercentileSearchObserver,
@@ -7,5 +7,6 @@ from .search import (MSEObserver, OMSEObserver, PercentileSearchObserver,
 __all__ = [
     'BaseObserver', 'MinMaxObserver', 'EMAMinMaxObserver',
     'PercentileObserver', 'SearchObserver', 'MSEObserver', 'OMSEObserver',
-    'PercentileSearchObserver', 'MSEGridObserver', 'quantile_rows'
+    'PercentileSearchObserver', 'MSEGridObserver', 'quantile_rows',
+    'row_quantiles'
 ]

@@ -2,7 +2,8 @@
 (lo, hi) per row. Rows come from the quantizer (one row per tensor, channel
 or group), so per-channel observation is per-tensor observation of each row.
 """
-from typing import Optional, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine import dist
@@ -24,9 +25,36 @@ def check_finite(rows: Tensor, name: str) -> None:
             f'data (checkpoint, data pipeline, fp16 overflow)')
 
 
+#: a long single row is first cut at a threshold read from a strided
+#: sample of about this many values (see ``_survivors``)
+SAMPLE = 1 << 16
+
+
+def _survivors(row: Tensor, k: int, largest: bool) -> Optional[Tensor]:
+    """The values of the 1-D ``row`` at or beyond a threshold t taken from
+    a strided sample (its ⌈1.5·k/stride⌉+16-th most extreme value), if at
+    least k values survive: they then contain the k most extreme values of
+    ``row`` (the k-th is at or beyond t), so a top-k on them is exact.
+    None when the row is too short to gain or too few survive."""
+    n = row.numel()
+    stride = n // SAMPLE
+    if stride < 4 or 4 * k > n:
+        return None
+    sample = row[::stride]
+    k_s = min(sample.numel(), math.ceil(1.5 * k / stride) + 16)
+    t = sample.topk(k_s, largest=largest, sorted=False).values
+    kept = row[row >= t.min()] if largest else row[row <= t.max()]
+    return kept if kept.numel() >= k else None
+
+
 def _extreme_k(rows: Tensor, k: int, largest: bool) -> Tensor:
     """The k largest (or smallest) values of each row, sorted from the
-    extreme inward, computed chunk by chunk (exact, bounded memory)."""
+    extreme inward, computed chunk by chunk (exact, bounded memory); a
+    single long row is pre-filtered by ``_survivors``."""
+    if rows.shape[0] == 1:
+        kept = _survivors(rows[0], k, largest)
+        if kept is not None:
+            rows = kept[None]
     best = None
     for chunk in rows.split(CHUNK, dim=1):
         kk = min(k, chunk.shape[1])
@@ -37,26 +65,42 @@ def _extreme_k(rows: Tensor, k: int, largest: bool) -> Tensor:
     return best.sort(dim=1, descending=largest).values
 
 
-def quantile_rows(rows: Tensor, q: float) -> Tensor:
-    """Per-row q-quantile with linear interpolation (as ``torch.quantile``),
-    for rows of any length (``torch.quantile`` refuses > 2^24 elements).
+def row_quantiles(rows: Tensor, qs: Sequence[float]) -> List[Tensor]:
+    """Per-row q-quantiles for every q in ``qs``, with linear interpolation
+    (as ``torch.quantile``), for rows of any length (``torch.quantile``
+    refuses > 2^24 elements), from at most two selections: one from the
+    top for all q ≥ 0.5, one from the bottom for the others.
 
     With n elements, position p = q·(n−1); value = v[⌊p⌋] + (p−⌊p⌋)·
     (v[⌊p⌋+1] − v[⌊p⌋]) for the ascending order statistics v."""
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f'quantile {q} is outside [0, 1]')
+    bad = [q for q in qs if not 0.0 <= q <= 1.0]
+    if bad:
+        raise ValueError(f'quantile {bad[0]} is outside [0, 1]')
     n = rows.shape[1]
-    pos = q * (n - 1)
-    lower = int(pos)
-    frac = pos - lower
-    upper = min(lower + 1, n - 1)
-    if q >= 0.5:  # order statistics counted from the top
-        top = _extreme_k(rows, n - lower, largest=True)
-        v_lo, v_hi = top[:, n - 1 - lower], top[:, n - 1 - upper]
-    else:
-        bottom = _extreme_k(rows, upper + 1, largest=False)
-        v_lo, v_hi = bottom[:, lower], bottom[:, upper]
-    return v_lo + frac * (v_hi - v_lo)
+
+    def position(q: float) -> Tuple[int, float, int]:
+        lower = int(q * (n - 1))
+        return lower, q * (n - 1) - lower, min(lower + 1, n - 1)
+
+    high = [position(q)[0] for q in qs if q >= 0.5]
+    low = [position(q)[2] for q in qs if q < 0.5]
+    # order statistics counted from the top / from the bottom
+    top = _extreme_k(rows, n - min(high), largest=True) if high else None
+    bottom = _extreme_k(rows, max(low) + 1, largest=False) if low else None
+    out = []
+    for q in qs:
+        lower, frac, upper = position(q)
+        if q >= 0.5:
+            v_lo, v_hi = top[:, n - 1 - lower], top[:, n - 1 - upper]
+        else:
+            v_lo, v_hi = bottom[:, lower], bottom[:, upper]
+        out.append(v_lo + frac * (v_hi - v_lo))
+    return out
+
+
+def quantile_rows(rows: Tensor, q: float) -> Tensor:
+    """Per-row q-quantile (``row_quantiles`` of one q)."""
+    return row_quantiles(rows, [q])[0]
 
 
 class BaseObserver(nn.Module):

@@ -6,7 +6,7 @@ from mmengine import dist
 from torch import Tensor, nn
 
 from mmptq.registry import OBSERVERS
-from .base import BaseObserver, quantile_rows
+from .base import BaseObserver, row_quantiles
 
 
 @OBSERVERS.register_module()
@@ -109,5 +109,5 @@ class PercentileObserver(EMAMixin, BaseObserver):
 
     def batch_range(self, rows: Tensor,
                     quantizer: nn.Module) -> Tuple[Tensor, Tensor]:
-        return quantile_rows(rows, self.lower), quantile_rows(
-            rows, self.percentile)
+        lo, hi = row_quantiles(rows, [self.lower, self.percentile])
+        return lo, hi

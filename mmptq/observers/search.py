@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from mmptq.registry import OBSERVERS
-from .base import CHUNK, BaseObserver, quantile_rows
+from .base import CHUNK, BaseObserver, row_quantiles
 
 
 def lp_error(rows: Tensor, lo: Tensor, hi: Tensor, quantizer: nn.Module,
@@ -146,5 +146,7 @@ class PercentileSearchObserver(SearchObserver):
         self.percentiles = tuple(percentiles)
 
     def candidates(self, rows: Tensor) -> List[Tuple[Tensor, Tensor]]:
-        return [(quantile_rows(rows, 1.0 - c), quantile_rows(rows, c))
-                for c in self.percentiles]
+        k = len(self.percentiles)
+        values = row_quantiles(
+            rows, [1.0 - c for c in self.percentiles] + list(self.percentiles))
+        return list(zip(values[:k], values[k:]))

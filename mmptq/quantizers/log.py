@@ -34,9 +34,10 @@ class LogQuantizer(BaseQuantizer):
         q = q.clamp(0, levels - 1)
         # exact levels from a table; the straight-through path for learning
         table = log_levels(self.bits, self.root).to(x)
-        exact = table[q.detach().long()]
-        value = exact + (torch.pow(2.0, -q / self.root) -
-                         torch.pow(2.0, -q / self.root).detach())
+        value = table[q.detach().long()]
+        if x.requires_grad or scale.requires_grad:
+            ste = torch.pow(2.0, -q / self.root)
+            value = value + (ste - ste.detach())
         return scale * value * keep
 
     def extra_repr(self) -> str:

@@ -289,6 +289,46 @@ def test_quantile_rows_chunked(monkeypatch):
                 rtol=1e-6, atol=1e-7)
 
 
+def test_row_quantiles_from_two_selections(monkeypatch):
+    """Several q at once: the values of one quantile_rows call each, from
+    one top-k for q >= 0.5 and one bottom-k for the others."""
+    calls = []
+    real = obs_base._extreme_k
+    monkeypatch.setattr(obs_base, '_extreme_k',
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = torch.randn(3, 1001, generator=torch.Generator().manual_seed(4))
+    got = obs_base.row_quantiles(rows, QS)
+    assert len(calls) == 2
+    for q, value in zip(QS, got):
+        torch.testing.assert_close(value, tquantile(rows, q, dim=1),
+                                   rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('planted', [False, True])
+def test_quantile_rows_sample_prefilter_is_exact(monkeypatch, planted):
+    """A long single row is cut at a threshold from a strided sample before
+    the top-k; exact when enough values survive, and when the sample
+    misleads (huge values planted exactly at the sampled positions, so too
+    few survive) the full row is used: exact either way."""
+    monkeypatch.setattr(obs_base, 'SAMPLE', 256)
+    n = 100_003
+    stride = n // 256
+    row = torch.randn(1, n, generator=torch.Generator().manual_seed(5))
+    if planted:
+        row[0, ::stride] = 1000 + torch.arange(len(row[0, ::stride]),
+                                               dtype=row.dtype)
+    outcomes = []
+    real = obs_base._survivors
+    monkeypatch.setattr(obs_base, '_survivors', lambda *a: outcomes.append(
+        real(*a) is not None) or real(*a))
+    for q in (0.0, 1e-4, 0.001, 0.01, 0.99, 0.999, 0.9999, 1.0):
+        torch.testing.assert_close(quantile_rows(row, q),
+                                   tquantile(row, q, dim=1), rtol=0, atol=0)
+    # the pre-filter cut the row every time, unless misled (then at least
+    # one top-side selection fell back to the full row)
+    assert all(outcomes) != planted, outcomes
+
+
 def test_quantile_rows_beyond_torch_quantile_limit():
     """torch.quantile refuses rows of more than 2^24 elements; quantile_rows
     must not. Checked against order statistics from numpy's sort."""

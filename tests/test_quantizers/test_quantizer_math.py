@@ -578,3 +578,23 @@ def test_unknown_quantizer_type_names_nearest():
     assert isinstance(
         build_checked(QUANTIZERS, dict(type='mmptq.Log2Quantizer', bits=4),
                       'attn.softmax'), Log2Quantizer)
+
+
+@pytest.mark.parametrize('cls', [Log2Quantizer, LogSqrt2Quantizer])
+def test_log_quantizer_straight_through_only_with_grad(cls):
+    """Under no grad the levels come from the table alone, bit-identical to
+    the graph with the straight-through term; with grad, the STE's
+    d x̂/dx: x̂ = s·2^(−q/τ), dq/dx = −τ/(x·ln 2) through the rounding,
+    so d x̂/dx = x̂ / x in range, 0 in the dead zone below the smallest
+    level."""
+    q = calibrate(cls(bits=3), torch.tensor([0.0, 1.0]))
+    x = torch.tensor([1e-4, 0.01, 0.2, 0.37, 0.5, 0.99, 1.0])
+    with torch.no_grad():
+        plain = q(x)
+    xx = x.clone().requires_grad_(True)
+    out = q(xx)
+    assert torch.equal(out.detach(), plain)
+    out.sum().backward()
+    # 3 bits: the smallest level is 2^(−7/τ); below it, x̂ = 0
+    alive = x >= 2.0**(-7.5 / cls.root)
+    assert torch.allclose(xx.grad, alive * plain / x, atol=1e-6), xx.grad
