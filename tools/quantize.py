@@ -15,7 +15,7 @@ from mmptq.apis.test import quantize_checkpoint
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    add_common_args(parser)
+    add_common_args(parser, checkpoint='optional')
     add_quant_args(parser)
     parser.add_argument('--out', required=True,
                         help='path of the quantized checkpoint (.pth)')

@@ -1,6 +1,6 @@
 """Test (and quantize) a model of any mmdet / mmseg / mmpretrain config.
 
-    python tools/test.py CONFIG CHECKPOINT --quant-cfg w4a4 [--fp-baseline]
+    python tools/test.py CONFIG [CHECKPOINT] --quant-cfg w4a4 [--fp-baseline]
 
 The arguments of the upstream ``tools/test.py`` plus the quantization
 ones. Without ``--quant-cfg`` (and without a ``quant_cfg`` section in the
@@ -17,7 +17,7 @@ from mmptq.apis.test import run_test
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    add_common_args(parser)
+    add_common_args(parser, checkpoint='optional')
     parser.add_argument('--out', help='dump predictions to a pickle file')
     parser.add_argument('--show-dir', help='draw predictions into this dir')
     add_quant_args(parser)

@@ -16,7 +16,7 @@ from mmptq.apis.train import train_model
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    add_common_args(parser, checkpoint=False)
+    add_common_args(parser, checkpoint='none')
     parser.add_argument('--resume', nargs='?', const='auto',
                         help='resume from a checkpoint, or (no value) from '
                         'the latest one in the work_dir')

@@ -39,9 +39,17 @@ def add_quant_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_common_args(parser: argparse.ArgumentParser,
-                    checkpoint: bool = True) -> None:
+                    checkpoint: str = 'required') -> None:
+    """config, checkpoint ('required', 'optional' or 'none') and the
+    Runner's options."""
     parser.add_argument('config', help='config file path')
-    if checkpoint:
+    if checkpoint == 'optional':
+        parser.add_argument(
+            'checkpoint', nargs='?',
+            help='checkpoint file; leave it out for a model that loads its '
+            'weights when it is built (e.g. BoxPromptSAM: SAM and detector '
+            'checkpoints in the config)')
+    elif checkpoint == 'required':
         parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where logs and results go')
     parser.add_argument(

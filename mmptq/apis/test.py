@@ -7,6 +7,7 @@ from mmengine.config import Config
 from mmengine.evaluator import DumpResults
 
 from mmptq.core import QuantConfig
+from mmptq.engine import install_safe_loader
 from mmptq.utils.files import make_dir, prepare_out_path
 from .runner_setup import (build_runner, configure_quant_test,
                            enable_visualization)
@@ -33,6 +34,7 @@ def run_test(cfg: Config,
                          unsafe_load=unsafe_load)
     if show_dir:
         enable_visualization(cfg, show_dir)
+    install_safe_loader(unsafe_load)  # a model may load weights when built
     runner = build_runner(cfg)
     if out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
@@ -54,4 +56,5 @@ def quantize_checkpoint(cfg: Config,
     prepare_out_path(out, checkpoint, '--out')
     configure_quant_test(cfg, checkpoint, quant_cfg, save_quantized=out,
                          evaluate=evaluate, unsafe_load=unsafe_load)
+    install_safe_loader(unsafe_load)  # a model may load weights when built
     return build_runner(cfg).test()

@@ -436,3 +436,46 @@ def test_quantized_checkpoint_with_other_structure(cls, cls_skip_head):
                     '--work-dir', osp.join(cls.root, 'bad'))
     failed(proc, 'quantized checkpoint', 'does not match',
            'unexpected keys', 'made from this config')
+
+
+LOADS_AT_BUILD = '''
+from mmengine.runner.checkpoint import _load_checkpoint
+from mmpretrain.models import ImageClassifier
+from mmpretrain.registry import MODELS
+
+
+@MODELS.register_module()
+class LoadsAtBuild(ImageClassifier):
+    """Loads its weights when built (as BoxPromptSAM loads SAM's)."""
+
+    def __init__(self, weights, **kwargs):
+        super().__init__(**kwargs)
+        self.load_state_dict(_load_checkpoint(weights)['state_dict'])
+'''
+
+
+def test_cls_model_that_loads_weights_when_built(cls, monkeypatch):
+    """No CHECKPOINT argument: the model's own build loads a Runner-style
+    checkpoint (numpy in ``meta``), through mmptq's safe loader, which the
+    tools install before the Runner builds the model; the W8A8 result is
+    that of the same weights passed as CHECKPOINT."""
+    state = torch.load(cls.fp, weights_only=True)['state_dict']
+    weights = osp.join(cls.root, 'with_numpy_meta.pth')
+    torch.save(dict(state_dict=state, meta=dict(seed=np.int64(0))), weights)
+    with open(osp.join(cls.root, 'loads_at_build.py'), 'w') as f:
+        f.write(LOADS_AT_BUILD)
+    cfg = osp.join(cls.root, 'loads_at_build_cfg.py')
+    with open(cfg, 'w') as f:
+        f.write(f'_base_ = {cls.cfg!r}\n'
+                "custom_imports = dict(imports=['loads_at_build'], "
+                'allow_failed_imports=False)\n'
+                f"model = dict(type='LoadsAtBuild', weights={weights!r})\n")
+    monkeypatch.setenv('PYTHONPATH', cls.root)
+    args = ('--quant-cfg', 'w8a8', '--calib-samples', 2)
+    proc = ok(run_tool('test', cfg, *args,
+                       '--work-dir', osp.join(cls.root, 'at_build')))
+    assert 'no checkpoint given' in proc.output
+    ok(run_tool('test', cls.cfg, cls.fp, *args,
+                '--work-dir', osp.join(cls.root, 'given')))
+    assert results(osp.join(cls.root, 'at_build'))['metrics'] == \
+        results(osp.join(cls.root, 'given'))['metrics']
