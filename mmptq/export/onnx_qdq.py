@@ -38,6 +38,7 @@ from torch.overrides import TorchFunctionMode
 from mmptq.nn.modules import QuantWeightMixin
 from mmptq.quantizers import (BaseQuantizer, PerCallQuantizer,
                               UniformQuantizer)
+from .fold import fold_batchnorm
 
 #: opset of the exported graphs (per-axis QDQ needs ≥ 13, LayerNorm 17)
 OPSET = 17
@@ -88,6 +89,7 @@ class ExportSummary:
     rows: List[QuantizerExport]
     outputs: List[str]
     in_python: str = ''
+    folded_bn: int = 0
 
     def not_accelerated(self) -> List[QuantizerExport]:
         """The quantizers exported as float ops or per-channel QDQ
@@ -102,7 +104,8 @@ class ExportSummary:
             key = f'{r.role} {r.mode}'
             counts[key] = counts.get(key, 0) + 1
         lines = [f'ONNX QDQ export → {self.path}',
-                 '  ' + ', '.join(f'{k}: {v}' for k, v in counts.items())]
+                 '  ' + ', '.join(f'{k}: {v}' for k, v in counts.items()) +
+                 f'; BatchNorms folded into the weights: {self.folded_bn}']
         slow = self.not_accelerated()
         if slow:
             lines.append(f'  not int8-accelerated ({len(slow)}):')
@@ -350,8 +353,7 @@ def qdq_mode(model: nn.Module, rows: Sequence[QuantizerExport]
                 shape = tuple(weight.shape)
 
                 def forward(x, q=q, spec=spec, shape=shape):
-                    return _WeightDQ.apply(q.onnx_codes, spec, shape).to(
-                        x.dtype)
+                    return _WeightDQ.apply(q.onnx_codes, spec, shape)
             else:
                 spec.fake_quant = lambda x, s, z, q=q: q.quantize_with(
                     x, s, z).to(x.dtype)
@@ -499,9 +501,11 @@ def export_qdq(model: nn.Module,
         raise _unsupported(model, args, err) from None
     graph = onnx.load(path)
     _name_nodes(graph.graph, rows)
+    folded = fold_batchnorm(graph.graph)
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, path)
-    return ExportSummary(path=path, rows=rows, outputs=list(output_names))
+    return ExportSummary(path=path, rows=rows, outputs=list(output_names),
+                         folded_bn=folded)
 
 
 def _flatten(out) -> List[Tensor]:

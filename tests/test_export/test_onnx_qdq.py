@@ -98,8 +98,15 @@ def check_against_fake_quant(model, x, path, min_equal=0.999):
 
 
 def quantized_cnn(w_bits=8, a_bits=8):
+    """TinyCNN quantized; its BatchNorm has negative γ on half of the
+    channels and running statistics (folding must flip those channels)."""
     torch.manual_seed(0)
     model = TinyCNN().eval()
+    bn = model.features[1]
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(-1.5, 1.5, 16))
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
     data = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     quantize_model(model, dict(w_bits=w_bits, a_bits=a_bits), data)
     return model, data
@@ -111,6 +118,8 @@ def test_conv_net_w8a8(tmp_path):
     assert {r.mode for r in summary.rows} == {'qdq'}
     graph = onnx.load(str(tmp_path / 'c.onnx')).graph
     ops = [n.op_type for n in graph.node]
+    # DQ → Conv → BN folded into DQ(W') → Conv, as ORT needs to fuse it
+    assert summary.folded_bn == 1 and 'BatchNormalization' not in ops
     weights = [r for r in summary.rows if r.role == 'weight']
     # one DQ per weight, with its channel axis (1 for the transposed conv)
     assert ops.count('DequantizeLinear') == len(weights) + ops.count(
@@ -203,3 +212,19 @@ def test_plan_of_a_disabled_quantizer():
     rows = {r.name: r for r in plan_export(model)}
     assert rows['features.0.input_quantizer'].mode == 'fp'
     assert rows['features.0.weight_quantizer'].mode == 'qdq'
+
+
+@pytest.mark.parametrize('dtype, codes, zp', [
+    (np.int8, [[-128, 5, 127], [-127, 0, 127]], [0, 0]),
+    (np.uint8, [[0, 200, 255], [3, 4, 5]], [128, 7]),
+])
+def test_batchnorm_fold_negates_channels_in_range(dtype, codes, zp):
+    """a_c < 0: (q' − z') = −(q − z) with q', z' in the type's range."""
+    from mmptq.export.fold import _flip
+    codes, zp = np.array(codes, dtype), np.array(zp, dtype)
+    neg = np.array([True, True])
+    new_codes, new_zp = _flip(codes, zp, neg, dtype)
+    assert new_codes.dtype == dtype and new_zp.dtype == dtype
+    want = -(codes.astype(np.int64) - zp.astype(np.int64)[:, None])
+    got = new_codes.astype(np.int64) - new_zp.astype(np.int64)[:, None]
+    np.testing.assert_array_equal(got, want)
