@@ -20,15 +20,16 @@ import platform
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
+from torch import nn
 
 from mmptq.core import (PACKAGE_DATA, QuantConfig, merge_quant_cfg,
-                        model_options)
+                        model_options, run_batch)
 from mmptq.engine import (CalibrationLoop, detached_hooks,
                           install_safe_loader, load_checkpoint_file,
                           load_state_checked, plain_metrics,
@@ -196,12 +197,24 @@ def bits_label(quant_cfg: dict) -> str:
     return f'W{quant_cfg["w_bits"]}A{quant_cfg["a_bits"]}'
 
 
+def fp_pass_seconds(model: nn.Module, batches: Iterable) -> float:
+    """Seconds of one FP forward pass of ``model`` over ``batches`` (data
+    loading included, as in calibration): the unit of calibration cost."""
+    run = run_batch(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            run(batch)
+    return time.perf_counter() - start
+
+
 def _quantized_row(runner, name: str, quant_cfg: QuantConfig,
                    fp_row: dict) -> dict:
     """Calibrate ``runner.model`` (a fresh FP copy) with ``quant_cfg``
     (named ``name``) and evaluate it: one row, with its deltas and costs
     relative to the model's FP row."""
     calib = CalibrationLoop(runner, quant_cfg)
+    fp_pass_s = fp_pass_seconds(runner.model, calib.dataloader)
     with PeakMemory(next(runner.model.parameters()).is_cuda) as mem:
         summary = calib.run()
     runner.model.eval()
@@ -211,7 +224,8 @@ def _quantized_row(runner, name: str, quant_cfg: QuantConfig,
     return dict(
         fp_row, quant=name, bits=bits_label(quant_cfg), metrics=got,
         delta={k: got[k] - fp[k] for k in got if k in fp},
-        all_metrics=metrics, calib_s=calib.seconds, eval_s=eval_s,
+        all_metrics=metrics, calib_s=calib.seconds, fp_pass_s=fp_pass_s,
+        calib_ratio=calib.seconds / fp_pass_s, eval_s=eval_s,
         eval_ratio=eval_s / fp_row['eval_s'],
         peak_mib=max(mem.peak_mib, eval_peak), counts=summary.counts(),
         reconstruction=summary.reconstruction)
@@ -257,7 +271,8 @@ def run_benchmark(models: Sequence[ModelSpec],
         fp = primary_metrics(metrics)
         fp_row = dict(model=spec.name, quant='FP', bits='FP', metrics=fp,
                       delta={k: 0.0 for k in fp}, all_metrics=metrics,
-                      calib_s=0.0, eval_s=fp_eval_s, eval_ratio=1.0,
+                      calib_s=None, fp_pass_s=None, calib_ratio=None,
+                      eval_s=fp_eval_s, eval_ratio=1.0,
                       peak_mib=peak, **common)
         rows.append(fp_row)
         bar.update()
@@ -288,7 +303,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for row in rows:
         names += [k for k in row['metrics'] if k not in names]
     head = ['model', 'quant', 'bits'] + names + [
-        'calib s', 'eval s', 'eval / FP', 'peak MiB']
+        'calib s', 'calib / FP pass', 'eval s', 'eval / FP', 'peak MiB']
     lines = ['| ' + ' | '.join(head) + ' |',
              '|' + '---|' * len(head)]
     for row in rows:
@@ -301,8 +316,11 @@ def markdown_table(rows: Sequence[dict]) -> str:
             else:
                 cells.append(f'{row["metrics"][k]:.2f} '
                              f'({row["delta"][k]:+.2f})')
-        cells += [f'{row["calib_s"]:.1f}', f'{row["eval_s"]:.1f}',
-                  f'{row["eval_ratio"]:.2f}', f'{row["peak_mib"]:.0f}']
+        calib = row['calib_s'] is not None
+        cells += [f'{row["calib_s"]:.1f}' if calib else '',
+                  f'{row["calib_ratio"]:.1f}' if calib else '',
+                  f'{row["eval_s"]:.1f}', f'{row["eval_ratio"]:.2f}',
+                  f'{row["peak_mib"]:.0f}']
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 

@@ -71,15 +71,18 @@ def test_matrix_rows(bench, tiny):
         assert row['num_images'] == 4
         # timings are not testable: only that they are finite numbers
         assert all(isinstance(row[k], float) and math.isfinite(row[k])
-                   for k in ('eval_s', 'calib_s', 'eval_ratio')), row
+                   for k in ('eval_s', 'eval_ratio')), row
         # a real lower bound: the model evaluated is resident while it
         # runs (RSS on CPU, allocated memory on CUDA), so the peak is at
         # least the size of its parameters and buffers
         assert row['peak_mib'] >= model_mib[row['model']], row
         if row['quant'] == 'FP':
-            assert row['calib_s'] == 0 and row['eval_ratio'] == 1
+            assert row['calib_s'] is None and row['calib_ratio'] is None
+            assert row['eval_ratio'] == 1
             fp = row
         else:
+            assert row['calib_ratio'] == pytest.approx(
+                row['calib_s'] / row['fp_pass_s'])
             assert row['eval_ratio'] == pytest.approx(
                 row['eval_s'] / fp['eval_s'])
             for k, v in row['metrics'].items():
@@ -181,18 +184,20 @@ def test_primary_metrics():
 
 
 def test_markdown_table():
+    """The FP row has no calibration cost: blank cells, not 0."""
     rows = [dict(model='m', quant='FP', bits='FP', metrics={'top-1': 90.0},
-                 delta={'top-1': 0.0}, calib_s=0.0, eval_s=2.0,
-                 eval_ratio=1.0, peak_mib=100.4),
+                 delta={'top-1': 0.0}, calib_s=None, calib_ratio=None,
+                 eval_s=2.0, eval_ratio=1.0, peak_mib=100.4),
             dict(model='m', quant='w4a4', bits='W4A4',
                  metrics={'top-1': 80.5}, delta={'top-1': -9.5},
-                 calib_s=3.25, eval_s=5.0, eval_ratio=2.5, peak_mib=120.6)]
+                 calib_s=3.25, calib_ratio=6.5, eval_s=5.0, eval_ratio=2.5,
+                 peak_mib=120.6)]
     assert markdown_table(rows).splitlines() == [
-        '| model | quant | bits | top-1 | calib s | eval s | eval / FP | '
-        'peak MiB |',
-        '|---|---|---|---|---|---|---|---|',
-        '| m | FP | FP | 90.00 | 0.0 | 2.0 | 1.00 | 100 |',
-        '| m | w4a4 | W4A4 | 80.50 (-9.50) | 3.2 | 5.0 | 2.50 | 121 |']
+        '| model | quant | bits | top-1 | calib s | calib / FP pass | eval s '
+        '| eval / FP | peak MiB |',
+        '|---|---|---|---|---|---|---|---|---|',
+        '| m | FP | FP | 90.00 |  |  | 2.0 | 1.00 | 100 |',
+        '| m | w4a4 | W4A4 | 80.50 (-9.50) | 3.2 | 6.5 | 5.0 | 2.50 | 121 |']
 
 
 def test_peak_memory_keeps_a_peak_between_enter_and_exit(monkeypatch):
