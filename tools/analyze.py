@@ -7,6 +7,17 @@ image-like synthetic pictures, and prints the SQNR (dB) of the quantized
 model against FP (logits; backbone + neck features for detectors) and the
 coverage of the quantized ops, with the seconds and peak memory that
 calibration took. A thin CLI over ``mmptq.apis.analyze``.
+
+    python tools/analyze.py CONFIG --checkpoint FP.pth --quant-cfg w4a4 \
+        --sensitivity [--budget W5A5 --metric bops --candidates 4 6 8]
+
+measures the damage of every quantized op alone at the low setting (output
+SQNR and, with a checkpoint, the task-loss increase on the calibration
+data) and writes a table (markdown, JSON) and a per-op plot to the work
+dir; with ``--budget`` (or a quant_cfg with ``mixed_precision``) it also
+allocates per-op bits under the budget and writes them as
+``mixed_precision.py``, a quant_cfg for ``--quant-cfg``
+(``mmptq.apis.sensitivity``).
 """
 import argparse
 import json
@@ -14,6 +25,7 @@ import json
 from mmptq.apis import load_quant_cfg
 from mmptq.apis.analyze import (build_random_model, quantization_sqnr,
                                 synthetic_batch)
+from mmptq.apis.sensitivity import run_sensitivity
 
 
 def parse_args() -> argparse.Namespace:
@@ -29,11 +41,49 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--coverage', action='store_true',
                         help='print the per-kind coverage of each model')
     parser.add_argument('--out', help='write the results as JSON here')
-    return parser.parse_args()
+    sens = parser.add_argument_group('sensitivity and mixed precision')
+    sens.add_argument('--sensitivity', action='store_true',
+                      help='per-op sensitivity of each config (first '
+                      '--quant-cfg); reports go to --work-dir')
+    sens.add_argument('--checkpoint',
+                      help='FP weights (one config): calibration data and '
+                      'task loss from the config')
+    sens.add_argument('--bits', type=int,
+                      help='the low setting (default: the quant_cfg\'s)')
+    sens.add_argument('--budget',
+                      help="allocate bits under this budget: 'W5A5' or a "
+                      'number in the metric\'s unit')
+    sens.add_argument('--metric', choices=('bops', 'size', 'avg_bits'))
+    sens.add_argument('--candidates', type=int, nargs='+')
+    sens.add_argument('--calib-samples', type=int)
+    sens.add_argument('--work-dir', default='work_dirs/analyze')
+    args = parser.parse_args()
+    if args.checkpoint and len(args.configs) > 1:
+        parser.error('--checkpoint takes one config')
+    return args
+
+
+def sensitivity(args: argparse.Namespace) -> None:
+    mixed = dict(metric=args.metric, candidates=args.candidates)
+    if args.budget is not None:
+        budget = args.budget
+        mixed['budget'] = budget if budget[0] in 'wW' else float(budget)
+    mixed = {k: v for k, v in mixed.items() if v is not None}
+    for config in args.configs:
+        work_dir = args.work_dir if len(args.configs) == 1 else \
+            f"{args.work_dir}/{config.rsplit('/', 1)[-1].rsplit('.', 1)[0]}"
+        paths = run_sensitivity(
+            config, args.quant_cfg[0], work_dir, checkpoint=args.checkpoint,
+            bits=args.bits, mixed_precision=mixed or None,
+            calib_samples=args.calib_samples,
+            size=tuple(args.size), calib_batches=args.calib_batches)
+        print(f'{config}: wrote {", ".join(paths.values())}')
 
 
 def main() -> None:
     args = parse_args()
+    if args.sensitivity:
+        return sensitivity(args)
     rows = []
     for config in args.configs:
         model, scope = build_random_model(config)

@@ -4,10 +4,14 @@ checkpoint, presets. Knows nothing of Runners or tools."""
 from .config import (DEFAULT_QUANT_CFG, LayerRules, QuantConfig,
                      merge_quant_cfg, model_options, quant_options,
                      resolve_quant_cfg)
+from .mixed_precision import (Unit, allocate, budget_cost, build_units,
+                              check_mixed_precision, parse_uniform,
+                              to_overrides, total_params)
 from .presets import PACKAGE_DATA, list_presets, load_quant_cfg
 from .quantize import (calibrate, discover, find_quantizers, freeze, prepare,
                        quantize_model, run_batch)
 from .restore import META_KEY, quant_meta, restore_quantized
+from .sensitivity import QuantOp, only, op_sensitivity, quant_ops
 from .summary import QuantSummary
 
 __all__ = [
@@ -16,5 +20,7 @@ __all__ = [
     'list_presets', 'load_quant_cfg', 'calibrate', 'discover',
     'find_quantizers', 'freeze', 'prepare', 'quantize_model', 'run_batch',
     'META_KEY', 'quant_meta', 'restore_quantized',
-    'QuantSummary'
+    'QuantSummary', 'Unit', 'allocate', 'budget_cost', 'build_units',
+    'check_mixed_precision', 'parse_uniform', 'to_overrides', 'total_params',
+    'QuantOp', 'only', 'op_sensitivity', 'quant_ops'
 ]

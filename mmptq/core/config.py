@@ -14,6 +14,7 @@ from mmengine.logging import print_log
 
 from mmptq.quantizers import check_bits
 from mmptq.registry import OBSERVERS, QUANTIZERS, check_type, nearest_names
+from .mixed_precision import check_mixed_precision
 from .presets import load_quant_cfg
 
 #: the best generic recipe: every key a user leaves out comes from here
@@ -43,6 +44,9 @@ DEFAULT_QUANT_CFG: Dict = dict(
     transforms=[],
     reconstruction=None,
     overrides=[],
+    # per-op bits under a budget (core.mixed_precision); resolved by
+    # mmptq.apis.sensitivity.allocate_bits into a quant_cfg with overrides
+    mixed_precision=None,
     calib=dict(
         num_samples=32, batch_size=4, split='train', seed=0,
         mode='sequential', dataloader=None),
@@ -186,9 +190,9 @@ def resolve_quant_cfg(
     if cfg['calib']['mode'] not in CALIB_MODES:
         raise ValueError(f"quant_cfg.calib.mode={cfg['calib']['mode']!r} is "
                          f'not one of {CALIB_MODES}')
-    if not isinstance(cfg['overrides'], (list, tuple)):
-        raise ValueError('quant_cfg.overrides must be a list of dicts')
+    cfg['overrides'] = override_list(cfg['overrides'])
     _check_registered(cfg)
+    cfg['mixed_precision'] = check_mixed_precision(cfg['mixed_precision'])
     for i, ov in enumerate(cfg['overrides']):
         if not isinstance(ov, dict) or (('name' in ov) == bool(
                 ov.get('first_op'))):
@@ -214,6 +218,30 @@ def resolve_quant_cfg(
     return QuantConfig(cfg)
 
 
+def override_list(overrides) -> list:
+    """``quant_cfg.overrides`` as the list LayerRules applies in order: a
+    list as it is, a dict of named overrides as its values in order (dict
+    entries merge by name under ``_base_`` inheritance and preset merging,
+    so a model config adds its rules to a preset's instead of replacing
+    them)."""
+    if isinstance(overrides, dict):
+        overrides = list(overrides.values())
+    if not isinstance(overrides, (list, tuple)):
+        raise ValueError('quant_cfg.overrides must be a list of dicts, or a '
+                         'dict of named dicts')
+    return list(overrides)
+
+
+def _combine_overrides(base, update):
+    """The overrides of a preset (``update``) merged over a config's
+    (``base``): both named (dicts): by name, the preset's entry replacing a
+    same-named one; otherwise the config's rules, then the preset's (later
+    rules win)."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        return {**base, **update}
+    return override_list(base) + override_list(update)
+
+
 def _merge_quantizer(base: dict, update: dict) -> dict:
     if 'type' in update and update['type'] != base.get('type'):
         return copy.deepcopy(update)
@@ -236,10 +264,17 @@ def merge_quant_cfg(cfg: Config,
     merged = copy.deepcopy(merged.to_dict() if hasattr(merged, 'to_dict')
                            else merged)
     if quant_cfg is not None:
-        preset = load_quant_cfg(quant_cfg)
-        merged = Config(dict(quant_cfg=merged or {}))
+        preset = copy.deepcopy(load_quant_cfg(quant_cfg))
+        base = merged or {}
+        overrides = None
+        if 'overrides' in preset and 'overrides' in base:  # add, not replace
+            overrides = _combine_overrides(base.pop('overrides'),
+                                           preset.pop('overrides'))
+        merged = Config(dict(quant_cfg=base))
         merged.merge_from_dict(dict(quant_cfg=preset))
         merged = merged.quant_cfg.to_dict()
+        if overrides is not None:
+            merged['overrides'] = overrides
     overrides = dict(w_bits=w_bits, a_bits=a_bits)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if calib_samples is not None:

@@ -1,0 +1,230 @@
+"""Per-op sensitivity: the quantized ops of a calibrated model, weights and
+input activations separately, with their MACs in forward order, and the
+damage of each op quantized alone (the rest FP).
+
+A model quantized once with every op at the low setting keeps all its
+quantizers; switching the ``enabled`` flags of one op's quantizers on and
+all others off gives the model with that op alone quantized, without
+calibrating again (MQBench's and HAWQ-V3's per-layer sensitivity, measured
+directly: noise of the outputs and increase of the task loss)."""
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import (Callable, Dict, Iterable, Iterator, List, Optional,
+                    Sequence, Tuple)
+
+import torch
+from mmengine.utils import ProgressBar
+from torch import Tensor, nn
+
+from mmptq.nn import QuantMatMul
+from mmptq.nn.modules import QuantWeightMixin
+from mmptq.quantizers import BaseQuantizer
+from .quantize import find_quantizers
+from .summary import QuantSummary
+
+#: summary kinds of the attention ops (allocated per attention host)
+ATTENTION_KINDS = ('qk', 'softmax', 'av', 'sdpa')
+
+
+@dataclass
+class QuantOp:
+    """One quantized op: the weight or the input activation(s) of a layer,
+    or the operands of an attention op (q, k / softmax / v).
+
+    ``name`` is the layer or attention op name (as in the summary and the
+    ``overrides``), ``kind`` 'weight' or 'act', ``layer_kind`` the summary
+    kind ('conv2d', 'linear', 'qk', 'softmax', ...), ``unit`` the name an
+    override sets its bits by (the layer; the host of an attention op),
+    ``macs`` the multiply-accumulates of its layer per counted forward,
+    ``params`` the elements of its weight (weight ops)."""
+    name: str
+    kind: str
+    layer_kind: str
+    unit: str
+    quantizers: List[BaseQuantizer] = field(repr=False)
+    macs: float = 0.0
+    params: int = 0
+
+    @property
+    def key(self) -> str:
+        return f'{self.name}:{self.kind}'
+
+    @property
+    def bits(self) -> int:
+        return self.quantizers[0].bits
+
+
+def _op_of(quantizer_name: str) -> Tuple[str, str]:
+    """(op name, 'weight' | 'act') of a quantizer: ``<layer>.weight``,
+    ``<layer>.input[@k]``, ``<attention op>.{q,k,v,softmax}``."""
+    base, _, leaf = quantizer_name.rpartition('.')
+    return base, 'weight' if leaf == 'weight' else 'act'
+
+
+def _owner(module: nn.Module) -> Optional[str]:
+    """The op name of a quantized module, from its quantizers' names."""
+    for q in module.modules():
+        if isinstance(q, BaseQuantizer):
+            return _op_of(q.name)[0]
+    return None
+
+
+def _macs(module: nn.Module, args: tuple, out) -> float:
+    """MACs of one call: out.numel() · (weight elements per output
+    channel) for Conv / Linear, in.numel() · (weight elements per input
+    channel) for a transposed conv, out.numel() · (inner dim) for a
+    matmul (its args are (func, a, b))."""
+    if isinstance(module, QuantMatMul):
+        return float(out.numel() * args[1].shape[-1])
+    w = module.weight
+    if isinstance(module, nn.ConvTranspose2d):
+        return float(args[0].numel() * w.numel() // w.shape[0])
+    return float(out.numel() * w.numel() // w.shape[0])
+
+
+def quant_ops(model: nn.Module, summary: QuantSummary,
+              run: Callable[[], object]) -> List[QuantOp]:
+    """The enabled quantized ops of ``model`` (quantized, calibrated) in
+    the order of their first call in ``run()`` (one forward), with the MACs
+    that forward counted (a module run K times counts K calls)."""
+    kinds = {row['name']: row['kind'] for row in summary}
+    ops: Dict[str, QuantOp] = {}
+    for q in find_quantizers(model):
+        if not q.enabled:  # not reached by calibration: stays FP
+            continue
+        name, kind = _op_of(q.name)
+        layer_kind = kinds.get(name, '')
+        unit = name.rpartition('.')[0] if layer_kind in ATTENTION_KINDS \
+            else name
+        op = ops.setdefault(f'{name}:{kind}',
+                            QuantOp(name, kind, layer_kind, unit, []))
+        op.quantizers.append(q)
+    order: Dict[str, int] = {}
+    macs: Dict[str, float] = {}
+    params: Dict[str, int] = {}
+
+    def first_call(q, args):
+        order.setdefault(_op_of(q.name)[0], len(order))
+
+    def count(module, args, out):
+        name = _owner(module)
+        macs[name] = macs.get(name, 0.0) + _macs(module, args, out)
+
+    handles = [q.register_forward_pre_hook(first_call)
+               for op in ops.values() for q in op.quantizers]
+    for m in model.modules():
+        if isinstance(m, (QuantWeightMixin, QuantMatMul)) and _owner(m):
+            handles.append(m.register_forward_hook(count))
+            if isinstance(m, QuantWeightMixin):
+                params[_owner(m)] = m.weight.numel()
+    try:
+        with only(ops.values(), ()), torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    for op in ops.values():
+        op.macs = macs.get(op.name, 0.0)
+        op.params = params.get(op.name, 0) if op.kind == 'weight' else 0
+    return sorted(ops.values(),
+                  key=lambda o: (order.get(o.name, math.inf),
+                                 o.kind != 'weight'))
+
+
+@contextlib.contextmanager
+def only(ops: Iterable[QuantOp], active: Iterable[QuantOp]) -> Iterator[None]:
+    """The quantizers of ``active`` on, those of the other ``ops`` off (FP),
+    within the block; the flags are restored on exit."""
+    quantizers = [q for op in ops for q in op.quantizers]
+    saved = [q.enabled for q in quantizers]
+    on = {id(q) for op in active for q in op.quantizers}
+    for q in quantizers:
+        q.enabled = id(q) in on
+    try:
+        yield
+    finally:
+        for q, flag in zip(quantizers, saved):
+            q.enabled = flag
+
+
+def capture_outputs(probes: Sequence[nn.Module]) -> Tuple[List[Tensor],
+                                                          List]:
+    """Forward hooks on ``probes`` appending every tensor they output
+    (nested tuples / lists / dicts flattened) to the returned list; returns
+    (list, handles)."""
+    got: List[Tensor] = []
+
+    def flatten(x):
+        if isinstance(x, Tensor):
+            got.append(x.detach())
+        elif isinstance(x, (tuple, list)):
+            for v in x:
+                flatten(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                flatten(v)
+
+    handles = [p.register_forward_hook(lambda m, a, out: flatten(out))
+               for p in probes]
+    return got, handles
+
+
+def op_sensitivity(ops: Sequence[QuantOp],
+                   batches: Sequence,
+                   forward: Callable[[object], Optional[Tensor]],
+                   probes: Sequence[nn.Module],
+                   sqnr: Callable[[List[Tensor], List[Tensor]], float],
+                   seed: int = 0) -> List[dict]:
+    """Damage of each op of ``ops`` quantized alone, the others FP.
+
+    For every op: the SQNR of the outputs of ``probes`` over ``batches``
+    against FP and the noise ratio r = Σ‖y − ŷ‖² / Σ‖y‖² = 10^(−SQNR/10)
+    (additive over ops whose noises are independent: the allocator's
+    objective), and,
+    when ``forward`` returns a task loss, its increase ΔL = L̂ − L (mean
+    over the batches). The random state is reset to ``seed`` before every
+    forward (samplers of detection losses draw the same proposals).
+
+    Args:
+        ops: from :func:`quant_ops`.
+        batches: the evaluation batches.
+        forward: runs one batch; returns the task loss (a scalar) or None.
+        probes: modules whose outputs are compared with FP.
+        sqnr: SQNR (dB) of outputs against the FP ones.
+        seed: random state of every forward.
+
+    Returns:
+        dict(key, name, kind, bits, noise, sqnr, loss_increase) per op.
+    """
+
+    def evaluate():
+        outs, losses = [], []
+        got, handles = capture_outputs(probes)
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    torch.manual_seed(seed)
+                    loss = forward(batch)
+                    if loss is not None:
+                        losses.append(float(loss))
+            outs.extend(got)
+        finally:
+            for h in handles:
+                h.remove()
+        return outs, (sum(losses) / len(losses) if losses else None)
+
+    with only(ops, ()):
+        ref, ref_loss = evaluate()
+    rows = []
+    bar = ProgressBar(len(ops))
+    for op in ops:
+        with only(ops, [op]):
+            outs, loss = evaluate()
+        db = sqnr(ref, outs)
+        rows.append(dict(
+            key=op.key, name=op.name, kind=op.kind, bits=op.bits, sqnr=db,
+            noise=10**(-db / 10),
+            loss_increase=None if loss is None else loss - ref_loss))
+        bar.update()
+    return rows

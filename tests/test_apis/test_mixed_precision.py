@@ -1,0 +1,168 @@
+"""Mixed precision under a budget: the integer program against brute force
+and greedy, the fragile layer gets more bits, the written quant_cfg
+round-trips through ``--quant-cfg``."""
+import itertools
+import os.path as osp
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mmptq.apis import load_quant_cfg, quantize_model, resolve_quant_cfg
+from mmptq.apis.sensitivity import (allocate_bits, config_cost,
+                                    measure_sensitivity, write_sensitivity)
+from mmptq.core import Unit, allocate
+from mmptq.core.mixed_precision import solve_greedy, solve_milp
+
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                            'test_core'))
+from test_sensitivity import FragileMLP, batches  # noqa: E402
+
+
+def random_units(rng: random.Random, n: int, k: int):
+    """n units of k options; cost increasing and value decreasing in the
+    option index (more bits: dearer, less damage), with random steps."""
+    units = []
+    for i in range(n):
+        costs = sorted(rng.uniform(0.1, 10) for _ in range(k))
+        values = sorted((rng.uniform(0, 5) for _ in range(k)), reverse=True)
+        units.append(Unit(f'u{i}', [(b, b) for b in range(k)], values,
+                          costs, []))
+    return units
+
+
+def brute_force(units, budget):
+    best = None
+    for choice in itertools.product(*(range(len(u.options))
+                                      for u in units)):
+        cost = sum(u.costs[j] for u, j in zip(units, choice))
+        value = sum(u.values[j] for u, j in zip(units, choice))
+        if cost <= budget and (best is None or value < best):
+            best = value
+    return best
+
+
+def value_cost(units, choice):
+    return (sum(u.values[j] for u, j in zip(units, choice)),
+            sum(u.costs[j] for u, j in zip(units, choice)))
+
+
+@pytest.mark.parametrize('seed', range(30))
+def test_milp_is_optimal_and_never_worse_than_greedy(seed):
+    rng = random.Random(seed)
+    units = random_units(rng, rng.randint(2, 5), rng.randint(2, 4))
+    cheapest = sum(min(u.costs) for u in units)
+    dearest = sum(max(u.costs) for u in units)
+    budget = rng.uniform(cheapest, dearest)
+    milp_value, milp_cost = value_cost(units, solve_milp(units, budget))
+    greedy_value, greedy_cost = value_cost(units, solve_greedy(units, budget))
+    assert milp_cost <= budget + 1e-9 and greedy_cost <= budget + 1e-9
+    assert milp_value == pytest.approx(brute_force(units, budget), abs=1e-9)
+    assert milp_value <= greedy_value + 1e-9
+
+
+def test_budget_met_exactly_where_reachable():
+    """Budget equal to an allocation's cost: the ILP spends it exactly (the
+    cost of the optimum), never more; below the cheapest: an error."""
+    units = [Unit(f'u{i}', [(4, 4), (8, 8)], [1.0 + i, 0.0], [4.0, 8.0], [])
+             for i in range(3)]
+    choice, solver = allocate(units, 16.0)
+    assert solver == 'milp'
+    assert value_cost(units, choice) == (3.0, 16.0)  # u2 (the worst) at 8
+    assert choice == [0, 0, 1]
+    with pytest.raises(ValueError, match='below the cheapest'):
+        allocate(units, 11.0, solver='greedy')
+    # milp without a solution falls back to greedy, which says why
+    with pytest.raises(ValueError, match='below the cheapest'):
+        allocate(units, 11.0)
+
+
+def mp_cfg(**mp):
+    return dict(w_bits=4, a_bits=4,
+                mixed_precision=dict(dict(budget='W5A5'), **mp))
+
+
+@pytest.mark.parametrize('metric', ['bops', 'size', 'avg_bits'])
+def test_fragile_layer_gets_more_bits(metric, tmp_path):
+    model = FragileMLP().eval()
+    data = batches()
+    out = tmp_path / 'mp.py'
+    alloc = allocate_bits(model, data, mp_cfg(metric=metric), str(out))
+    assert alloc.solver == 'milp'
+    assert alloc.cost <= alloc.budget * (1 + 1e-9)
+    bits = {u.name: u.options[j] for u, j in zip(alloc.units, alloc.choice)}
+    if metric == 'bops':
+        # fc3's input (the outlier channel) gets the most activation bits
+        assert bits['fc3'][1] == 8
+        assert bits['fc3'][1] > min(b[1] for b in bits.values())
+    else:  # weights only: activations keep a_bits=4
+        assert all(a is None for _, a in bits.values())
+    # uniform W5A5 costs the budget; the cost is that of the written file
+    uniform = dict(w_bits=5, a_bits=5)
+    first_op = alloc.results[0].summary.first_op
+    assert config_cost(alloc.units, uniform, first_op, metric) == \
+        pytest.approx(alloc.budget)
+    assert config_cost(alloc.units, load_quant_cfg(str(out)), first_op,
+                       metric) == pytest.approx(alloc.cost)
+
+
+def test_written_quant_cfg_round_trips(tmp_path):
+    model = FragileMLP().eval()
+    data = batches()
+    out = tmp_path / 'mp.py'
+    alloc = allocate_bits(model, data, mp_cfg(), str(out))
+    text = out.read_text()
+    assert text.startswith('# mixed precision')
+    cfg = load_quant_cfg(str(out))
+    assert cfg['mixed_precision'] is None
+    assert resolve_quant_cfg(cfg)['overrides'] == alloc.quant_cfg['overrides']
+    _, summary = quantize_model(FragileMLP().eval(), cfg, data)
+    got = {r['name']: (r['w_bits'], r['a_bits']) for r in summary}
+    want = {u.name: u.options[j] for u, j in zip(alloc.units, alloc.choice)}
+    assert got == want
+    # the same file through the command line loader (--quant-cfg PATH)
+    code = ('from mmengine.config import Config\n'
+            'from mmptq.core import merge_quant_cfg\n'
+            f'cfg = merge_quant_cfg(Config(dict()), {str(out)!r})\n'
+            'print(cfg["overrides"][0]["name"], cfg["mixed_precision"])\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [alloc.quant_cfg['overrides'][0]['name'],
+                                   'None']
+
+
+def test_sensitivity_report(tmp_path):
+    result = measure_sensitivity(FragileMLP().eval(), batches(),
+                                 dict(w_bits=4, a_bits=4), bits=4)
+    assert result.cost_ratio > 1
+    paths = write_sensitivity(result, str(tmp_path))
+    table = open(paths['md']).read()
+    # forward order: fc1 first, fc4 last; fc3:act the lowest SQNR
+    names = re.findall(r'^\| \d+ \| (\S+) \| (\w+) ', table, re.M)
+    assert names[0] == ('fc1', 'weight') and names[-1] == ('fc4', 'act')
+    assert min(result.rows, key=lambda r: r['sqnr'])['key'] == 'fc3:act'
+    assert open(paths['png'], 'rb').read(4) == b'\x89PNG'
+
+
+@pytest.mark.parametrize('value, match', [
+    (dict(), 'budget'),
+    (dict(budget='W5'), 'budget'),
+    (dict(budget=-1), 'budget'),
+    (dict(budget=5, metric='latency'), 'metric'),
+    (dict(budget=5, candidates=(1, 4)), 'bits=1'),
+    (dict(budget=5, bugdet=4), 'unknown key'),
+    ('W5A5', 'must be a dict'),
+])
+def test_config_errors(value, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_quant_cfg(dict(mixed_precision=value))
+
+
+def test_config_defaults():
+    mp = resolve_quant_cfg(dict(mixed_precision=dict(
+        budget=4.5, metric='avg_bits', candidates=[8, 4])))['mixed_precision']
+    assert mp['candidates'] == (4, 8) and mp['solver'] == 'milp'
+    assert resolve_quant_cfg(None)['mixed_precision'] is None
