@@ -3,11 +3,17 @@
     python tools/benchmark.py --demo --quant-cfg minmax_w8a8 w8a8 w6a6 w4a4
     python tools/benchmark.py --model CONFIG CHECKPOINT [--model ...] \\
         --quant-cfg w8a8 w4a4 --num-images 500
+    python tools/benchmark.py --demo deit --quant-cfg w8a8 \\
+        --runtime onnxruntime [--random-init CONFIG ...]
 
 Each model's FP checkpoint is evaluated once; each quant config (preset
 name or file) is calibrated on a fresh copy and evaluated with the
 config's evaluator. Writes benchmark.md, benchmark.json and one plot per
-model into the work dir. A thin CLI over ``mmptq.apis.benchmark``.
+model into the work dir. With ``--runtime onnxruntime`` each model and
+quant config is exported to ONNX (FP32, QDQ) and evaluated and timed in
+ONNX Runtime beside torch (``benchmark_runtime.md`` / ``.json``);
+``--random-init`` configs are timed only (random weights, no data). A
+thin CLI over ``mmptq.apis.benchmark`` and ``mmptq.apis.export``.
 """
 import argparse
 
@@ -18,6 +24,8 @@ import mmptq  # noqa: F401  (registers mmptq's loops)
 from mmptq.apis.benchmark import (DEMO_MODELS, ModelSpec, demo_models,
                                   markdown_table, run_benchmark,
                                   write_report)
+from mmptq.apis.export import (random_init_latency, runtime_benchmark,
+                               runtime_table, write_runtime_report)
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,9 +48,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--unsafe-load', action='store_true',
                         help='load checkpoints with weights_only=False '
                         '(only for files you trust)')
+    parser.add_argument('--runtime', choices=['torch', 'onnxruntime'],
+                        default='torch',
+                        help='onnxruntime: also export each cell to ONNX '
+                        '(FP32, QDQ) and evaluate and time it in ONNX Runtime')
+    parser.add_argument('--random-init', nargs='+', default=[],
+                        metavar='CONFIG',
+                        help='with --runtime onnxruntime: configs timed '
+                        'with random weights on --size inputs (no metric)')
+    parser.add_argument('--size', type=int, default=224,
+                        help='input size of the --random-init models')
+    parser.add_argument('--repeats', type=int, default=10,
+                        help='timed calls per latency (median)')
     args = parser.parse_args()
-    if not args.model and args.demo is None:
-        parser.error('give --model CONFIG CHECKPOINT and/or --demo')
+    if not args.model and args.demo is None and not args.random_init:
+        parser.error('give --model CONFIG CHECKPOINT, --demo and/or '
+                     '--random-init')
+    if args.random_init and args.runtime != 'onnxruntime':
+        parser.error('--random-init times models: add --runtime onnxruntime')
     return args
 
 
@@ -53,6 +76,9 @@ def main() -> None:
               for config, ckpt in args.model]
     if args.demo is not None:
         models += demo_models(args.demo)
+    if args.runtime == 'onnxruntime':
+        runtime(models, args)
+        return
     rows = run_benchmark(models, args.quant_cfg, args.work_dir,
                          num_images=args.num_images,
                          calib_samples=args.calib_samples,
@@ -62,6 +88,21 @@ def main() -> None:
     print_log('\n' + markdown_table(rows), logger='current')
     print_log(f'mmptq benchmark: wrote {", ".join(paths.values())}',
               logger='current')
+
+
+def runtime(models, args) -> None:
+    rows = runtime_benchmark(models, args.quant_cfg, args.work_dir,
+                             num_images=args.num_images,
+                             calib_samples=args.calib_samples,
+                             cfg_options=args.cfg_options,
+                             repeats=args.repeats,
+                             unsafe_load=args.unsafe_load)
+    for config in args.random_init:
+        rows += random_init_latency(config, args.quant_cfg, args.work_dir,
+                                    size=args.size, repeats=args.repeats)
+    paths = write_runtime_report(rows, args.work_dir)
+    print_log('\n' + runtime_table(rows), logger='current')
+    print_log(f'mmptq benchmark: wrote {", ".join(paths)}', logger='current')
 
 
 if __name__ == '__main__':

@@ -1,17 +1,33 @@
 """The export workflow of ``tools/export.py``: a quantized OpenMMLab model
 (restored from a quantized checkpoint, or calibrated from an FP one) to an
-ONNX graph with QDQ nodes (``mmptq.export``)."""
-from typing import Optional
+ONNX graph with QDQ nodes (``mmptq.export``); and the benchmark matrix
+through ONNX Runtime (``tools/benchmark.py --runtime onnxruntime``):
+metric and latency of torch FP32, ORT FP32 and ORT QDQ int8."""
+import copy
+import json
+import os
+import os.path as osp
+from collections import Counter
+from typing import Dict, List, Optional, Sequence
 
+import onnx
 import torch
+from onnxruntime import __version__ as ort_version
 from mmengine.config import Config
 from mmengine.logging import print_log
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import TestLoop
 
-from mmptq.core import QuantConfig
-from mmptq.engine import (install_safe_loader, is_quantized_checkpoint,
-                          load_checkpoint_file, unwrap)
+from mmptq.core import (QuantConfig, merge_quant_cfg, model_options,
+                        quantize_model)
+from mmptq.engine import (detached_hooks, install_safe_loader,
+                          is_quantized_checkpoint, load_checkpoint_file,
+                          plain_metrics, unwrap, weight_swapping_hooks)
 from mmptq.export import ExportGraph, ExportSummary, export_qdq
-from .runner_setup import build_runner, configure_quant_test
+from mmptq.export.runtime import (latency_per_image, ort_session,
+                                  runtime_forward, session_call)
+from .benchmark import primary_metrics
+from .runner_setup import build_runner, configure_quant_test, load_config
 from .test import prepare_out_path
 
 
@@ -87,3 +103,205 @@ def export_checkpoint(cfg: Config,
     summary = export_model(unwrap(runner.model), example_input(runner), out)
     print_log(summary.table(), logger='current')
     return summary
+
+
+def _graph_ops(path: str) -> Dict[str, int]:
+    """Op types of an ONNX file and their counts."""
+    return dict(Counter(n.op_type for n in onnx.load(path).graph.node))
+
+
+def _runtime_cell(runner, graph: ExportGraph, path: str, x: torch.Tensor,
+                  repeats: int, torch_latency: bool) -> dict:
+    """Metrics of the config's evaluator on ``graph``'s ONNX file ``path``
+    run by ONNX Runtime, and latency per image at batch 1 and 8 (of torch
+    too with ``torch_latency``); the optimized graph's op counts say what
+    fused (QLinearConv, QLinearMatMul, MatMulIntegerToFloat...)."""
+    optimized = path.replace('.onnx', '.ort-optimized.onnx')
+    session = ort_session(path, optimized_path=optimized)
+    swapping = weight_swapping_hooks(runner)
+    with runtime_forward(graph, session), detached_hooks(runner, swapping):
+        metrics = plain_metrics(TestLoop.run(runner.test_loop))
+    cell = dict(ort_metrics=metrics, ort_ops=_graph_ops(optimized),
+                ort_ms={}, torch_ms={})
+    for batch in (1, 8):
+        xb = x.repeat(batch, *([1] * (x.dim() - 1)))
+        cell['ort_ms'][batch] = latency_per_image(
+            session_call(session, xb), batch, repeats)
+        if torch_latency:
+            with torch.no_grad():
+                cell['torch_ms'][batch] = latency_per_image(
+                    lambda xb=xb: graph(xb), batch, repeats)
+    return cell
+
+
+def _runtime_runner(spec, quant_cfg: Optional[QuantConfig], work_dir: str,
+                    num_images: Optional[int], cfg_options: Optional[dict],
+                    unsafe_load: bool):
+    cfg = load_config(spec.config)
+    if model_options(cfg_options):
+        cfg.merge_from_dict(model_options(cfg_options))
+    cfg.launcher = 'none'
+    cfg.work_dir = osp.join(work_dir, spec.name)
+    if num_images is not None:
+        cfg.test_dataloader.dataset.indices = num_images
+    configure_quant_test(cfg, spec.checkpoint, quant_cfg,
+                         unsafe_load=unsafe_load)
+    runner = build_runner(cfg)
+    metrics = plain_metrics(runner.test())
+    return runner, metrics
+
+
+def runtime_benchmark(models: Sequence,
+                      quant_cfgs: Sequence[str],
+                      work_dir: str,
+                      num_images: Optional[int] = None,
+                      calib_samples: Optional[int] = None,
+                      cfg_options: Optional[dict] = None,
+                      repeats: int = 10,
+                      unsafe_load: bool = False) -> List[dict]:
+    """The benchmark matrix through ONNX Runtime: per model the FP row
+    (torch FP32 and ORT FP32), per quant config the fake-quant row and
+    its QDQ graph in ORT (int8 kernels where ORT fuses the QDQ groups).
+    Each row: the evaluator's metrics in torch and in ORT, latency per
+    image in ms (median of ``repeats`` calls after 2 warm-up calls, batch
+    1 and 8), the optimized graph's op counts.
+
+    Args:
+        models: ``ModelSpec``s (config, FP checkpoint).
+        quant_cfgs: preset names or quant_cfg files.
+        work_dir: logs and the ONNX files go to ``work_dir/<model>``.
+        num_images: evaluate the first N test images only.
+        calib_samples: override ``quant_cfg.calib.num_samples``.
+        cfg_options: overrides applied to every config.
+        repeats: timed calls per latency.
+        unsafe_load: load checkpoints with ``weights_only=False``.
+    """
+    rows = []
+    for spec in models:
+        runner, metrics = _runtime_runner(spec, None, work_dir, num_images,
+                                          cfg_options, unsafe_load)
+        model = unwrap(runner.model).eval()
+        graph = ExportGraph(model)
+        x = example_input(runner, 1)
+        path = osp.join(runner.work_dir, 'fp32.onnx')
+        swapping = weight_swapping_hooks(runner)
+        for hook in swapping:  # the weights the FP test evaluated (EMA)
+            hook.before_test_epoch(runner)
+        export_model(model, x, path)
+        fp = dict(model=spec.name, quant='FP', bits='FP', metrics=metrics,
+                  **_runtime_cell(runner, graph, path, x, repeats, True))
+        for hook in swapping:
+            hook.after_test_epoch(runner)
+        rows.append(fp)
+        for name in quant_cfgs:
+            quant_cfg = merge_quant_cfg(load_config(spec.config), name,
+                                        calib_samples=calib_samples,
+                                        cfg_options=cfg_options)
+            runner, metrics = _runtime_runner(spec, quant_cfg, work_dir,
+                                              num_images, cfg_options,
+                                              unsafe_load)
+            model = unwrap(runner.model).eval()
+            path = osp.join(runner.work_dir,
+                            f'{osp.splitext(osp.basename(name))[0]}.onnx')
+            summary = export_model(model, x, path)
+            rows.append(dict(
+                model=spec.name, quant=name,
+                bits=f'W{quant_cfg["w_bits"]}A{quant_cfg["a_bits"]}',
+                metrics=metrics,
+                not_accelerated=[r.name for r in summary.not_accelerated()],
+                **_runtime_cell(runner, ExportGraph(model), path, x, repeats,
+                                False)))
+    return rows
+
+
+def runtime_table(rows: Sequence[dict]) -> str:
+    """Markdown: per row the headline metrics in torch and ORT, latency
+    per image (ms) at batch 1 / 8, and the speedup of ORT over ORT FP32."""
+    head = ['model', 'quant', 'metric torch', 'metric ORT', 'torch ms b1/b8',
+            'ORT ms b1/b8', 'ORT vs ORT FP32 b1/b8', 'ORT int8 kernels']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    fp32 = {}
+    for row in rows:
+        if row['quant'] == 'FP':
+            fp32[row['model']] = row['ort_ms']
+        ref = fp32.get(row['model'], row['ort_ms'])
+        ms = row['ort_ms']
+        kernels = {k: v for k, v in row['ort_ops'].items()
+                   if k.startswith('QLinear') or k in (
+                       'MatMulIntegerToFloat', 'QGemm', 'ConvInteger')}
+        cells = [
+            row['model'], row['quant'], _fmt(primary_metrics(row['metrics'])),
+            _fmt(primary_metrics(row['ort_metrics'])),
+            '/'.join(f'{row["torch_ms"][b]:.1f}' for b in row['torch_ms']),
+            f'{ms[1]:.1f}/{ms[8]:.1f}',
+            f'{ref[1] / ms[1]:.2f}x/{ref[8] / ms[8]:.2f}x',
+            ', '.join(f'{k} {v}' for k, v in kernels.items())]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def write_runtime_report(rows: Sequence[dict], work_dir: str) -> List[str]:
+    """``benchmark_runtime.md`` (:func:`runtime_table`) and
+    ``benchmark_runtime.json`` (the rows, with the ORT version and the CPU
+    count) in ``work_dir``; returns their paths."""
+    os.makedirs(work_dir, exist_ok=True)
+    paths = [osp.join(work_dir, f'benchmark_runtime.{ext}')
+             for ext in ('md', 'json')]
+    with open(paths[0], 'w') as f:
+        f.write(runtime_table(rows) + '\n')
+    env = dict(onnxruntime=ort_version, torch=torch.__version__,
+               cpus=os.cpu_count(), load_avg=os.getloadavg())
+    with open(paths[1], 'w') as f:
+        json.dump(dict(env=env, rows=list(rows)), f, indent=2, default=str)
+    return paths
+
+
+def _fmt(metrics: Dict[str, float]) -> str:
+    return ', '.join(f'{k} {v:.2f}' for k, v in metrics.items())
+
+
+def random_init_latency(config: str,
+                        quant_cfgs: Sequence[str],
+                        work_dir: str,
+                        size: int = 224,
+                        calib_samples: int = 4,
+                        repeats: int = 10) -> List[dict]:
+    """Latency without data or checkpoint: ``config``'s model with random
+    weights, calibrated on N(0, 1) inputs of ``size``² (a normalized
+    image's statistics), as rows of :func:`runtime_benchmark` without
+    metrics (torch FP32, ORT FP32, ORT QDQ per quant config)."""
+    cfg = load_config(config)
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    name = osp.splitext(osp.basename(config.split('::')[-1]))[0]
+    out_dir = osp.join(work_dir, name)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(0)
+    graph = ExportGraph(MODELS.build(cfg.model).eval())
+    x = torch.randn(1, 3, size, size)
+    rows = []
+    for quant in ['FP', *quant_cfgs]:
+        model = copy.deepcopy(graph)
+        if quant != 'FP':
+            quant_cfg = merge_quant_cfg(cfg, quant, calib_samples=calib_samples)
+            batches = [torch.randn(1, 3, size, size)
+                       for _ in range(quant_cfg['calib']['num_samples'])]
+            quantize_model(model, quant_cfg, batches)
+        path = osp.join(out_dir, f'{osp.splitext(osp.basename(quant))[0]}.onnx')
+        summary = export_qdq(model, (x, ), path,
+                             output_names=model.output_names(model(x)))
+        optimized = path.replace('.onnx', '.ort-optimized.onnx')
+        session = ort_session(path, optimized_path=optimized)
+        row = dict(model=name, quant=quant, metrics={}, ort_metrics={},
+                   ort_ops=_graph_ops(optimized), ort_ms={}, torch_ms={},
+                   not_accelerated=[r.name
+                                    for r in summary.not_accelerated()])
+        for batch in (1, 8):
+            xb = x.repeat(batch, 1, 1, 1)
+            row['ort_ms'][batch] = latency_per_image(
+                session_call(session, xb), batch, repeats)
+            if quant == 'FP':
+                with torch.no_grad():
+                    row['torch_ms'][batch] = latency_per_image(
+                        lambda xb=xb: model(xb), batch, repeats)
+        rows.append(row)
+    return rows

@@ -1,5 +1,5 @@
 """The part of an OpenMMLab model that runs as one ONNX graph."""
-from typing import List
+from typing import List, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -28,7 +28,9 @@ class ExportGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.head = None
+        self.head: Optional[nn.Module] = None
+        #: per output of a detector's head, its number of levels
+        self.levels: List[int] = []
         if hasattr(model, 'extract_feat') and (
                 hasattr(model, 'bbox_head') or hasattr(model, 'rpn_head')):
             self.kind = 'detector'
@@ -39,10 +41,12 @@ class ExportGraph(nn.Module):
                               (', the RoI heads' if two_stage else ''))
         elif hasattr(model, 'decode_head'):
             self.kind = 'segmentor'
+            self.head = model.decode_head
             self.in_python = ('data preprocessor, resize to the image, '
                               'argmax')
-        elif hasattr(model, 'data_preprocessor') and hasattr(model, 'head'):
+        elif hasattr(model, 'extract_feat') and hasattr(model, 'head'):
             self.kind = 'classifier'
+            self.head = model.head
             self.in_python = 'data preprocessor, softmax'
         else:
             self.kind = 'module'
@@ -52,11 +56,13 @@ class ExportGraph(nn.Module):
         # the root's pre-hook of a per-call quantized head does not run
         # when the head is called from here
         reset_call_counters(self.model)
-        if self.head is not None:
-            return tuple(self.head(self.model.extract_feat(x)))
-        if self.kind == 'module':
+        if self.head is None:
             return self.model(x)
-        return self.model(x, mode='tensor')
+        out = self.head(self.model.extract_feat(x))
+        if self.kind == 'detector':
+            out = tuple(out)
+            self.levels = [len(per_level) for per_level in out]
+        return out
 
     def output_names(self, outputs) -> List[str]:
         """Names of the flattened outputs: ``logits``, ``seg_logits``, or
@@ -70,3 +76,13 @@ class ExportGraph(nn.Module):
                     for j in range(len(per_level))]
         return ['output'] if isinstance(outputs, Tensor) else [
             f'output_{i}' for i in range(len(outputs))]
+
+    def unflatten(self, flat: Sequence[Tensor]):
+        """The head's output structure from the flat graph outputs."""
+        if self.kind != 'detector':
+            return flat[0] if len(flat) == 1 else tuple(flat)
+        out, start = [], 0
+        for n in self.levels:
+            out.append(list(flat[start:start + n]))
+            start += n
+        return tuple(out)

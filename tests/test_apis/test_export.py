@@ -16,7 +16,9 @@ ort = pytest.importorskip('onnxruntime')
 
 from mmptq.apis.benchmark import demo_models  # noqa: E402
 from mmptq.apis.export import (example_input, export_checkpoint,  # noqa: E402
-                               export_model, quantized_runner)
+                               export_model, quantized_runner,
+                               random_init_latency, runtime_benchmark,
+                               write_runtime_report)
 from mmptq.apis.runner_setup import load_config  # noqa: E402
 from mmptq.core import merge_quant_cfg  # noqa: E402
 from mmptq.engine import unwrap  # noqa: E402
@@ -91,3 +93,36 @@ def test_fp_checkpoint_needs_a_quant_cfg(tmp_path):
     with pytest.raises(ValueError, match='FP checkpoint: pass --quant-cfg'):
         export_checkpoint(cfg, ckpt, str(tmp_path / 'm.onnx'))
     assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_runtime_benchmark_demo(tmp_path):
+    """FP and W8A8 rows of the demo DeiT through ONNX Runtime: the ORT
+    metric is the torch metric (FP exactly; int8 within one image)."""
+    rows = runtime_benchmark(demo_models(['deit']), ['w8a8'],
+                             str(tmp_path), num_images=16, calib_samples=4,
+                             repeats=1)
+    fp, q = rows
+    assert (fp['quant'], q['quant'], q['bits']) == ('FP', 'w8a8', 'W8A8')
+    top1 = 'accuracy/top1'
+    assert fp['ort_metrics'][top1] == pytest.approx(fp['metrics'][top1])
+    assert abs(q['ort_metrics'][top1] - q['metrics'][top1]) <= 100 / 16
+    assert q['ort_ops'].get('MatMulIntegerToFloat', 0) > 0
+    for row in rows:
+        assert set(row['ort_ms']) == {1, 8}
+        assert all(v > 0 for v in row['ort_ms'].values())
+    assert set(fp['torch_ms']) == {1, 8} and not q['torch_ms']
+    md, js = write_runtime_report(rows, str(tmp_path))
+    table = open(md).read()
+    assert '| deit | w8a8 | top-1' in table and '1.00x/1.00x' in table
+
+
+def test_random_init_resnet_fuses_into_int8_convs(tmp_path):
+    """A random-init ResNet-18 (32² inputs): with its BatchNorms folded,
+    ORT fuses the QDQ convolutions into QLinearConv."""
+    fp, q = random_init_latency('mmpretrain::resnet/resnet18_8xb32_in1k.py',
+                                ['w8a8'], str(tmp_path), size=32,
+                                calib_samples=1, repeats=1)
+    assert 'QLinearConv' not in fp['ort_ops'] and fp['torch_ms']
+    assert q['ort_ops'].get('QLinearConv', 0) >= 8
+    assert 'BatchNormalization' not in q['ort_ops']
+    assert q['metrics'] == {} and set(q['ort_ms']) == {1, 8}

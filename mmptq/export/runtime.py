@@ -1,0 +1,78 @@
+"""Running an exported graph in ONNX Runtime: sessions, latency, and an
+OpenMMLab model whose graph part runs in a session (so that the config's
+evaluator scores the runtime's outputs)."""
+import contextlib
+import statistics
+import time
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from .graphs import ExportGraph
+
+
+def ort_session(path: str,
+                optimize: bool = True,
+                optimized_path: Optional[str] = None,
+                threads: int = 0) -> ort.InferenceSession:
+    """A CPU session of ``path``: all graph optimizations (QDQ groups fused
+    into int8 kernels) or none (each Q / DQ runs as written);
+    ``optimized_path`` saves the optimized graph (which nodes fused)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.intra_op_num_threads = threads
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(path, opts,
+                                providers=['CPUExecutionProvider'])
+
+
+def latency_per_image(run: Callable[[], object], batch_size: int,
+                      repeats: int = 10, warmup: int = 2) -> float:
+    """Median over ``repeats`` timed calls of ``run()`` (after ``warmup``
+    untimed ones) divided by ``batch_size``, in milliseconds."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch_size
+
+
+def session_call(session: ort.InferenceSession, x: torch.Tensor
+                 ) -> Callable[[], object]:
+    """``run()`` of ``session`` on ``x`` (its one input)."""
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+@contextlib.contextmanager
+def runtime_forward(graph: ExportGraph,
+                    session: ort.InferenceSession) -> Iterator[None]:
+    """Within the context, ``graph.model``'s ``extract_feat`` passes its
+    input through and its head's forward runs ``session`` on it: the
+    model's predict (box decoding, NMS, resize) then works on the
+    runtime's raw outputs."""
+    if graph.head is None:
+        raise ValueError('only OpenMMLab classifiers, detectors and '
+                         'segmentors run through a session')
+    model, head = graph.model, graph.head
+    name = session.get_inputs()[0].name
+
+    def forward(x, *args, **kwargs):
+        outs = session.run(None, {name: np.ascontiguousarray(x.numpy())})
+        return graph.unflatten([torch.from_numpy(o) for o in outs])
+
+    model.extract_feat = lambda x, *args, **kwargs: x
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del model.extract_feat
+        del head.forward
