@@ -18,8 +18,8 @@
 #  - FP, as the reference: SAM's patch embedding and the mask decoder's
 #    output_upscaling, iou_prediction_head and output_hypernetworks_mlps;
 #    LayerNorm, GELU and residual adds.
-# A config that sets its own quant_cfg.overrides replaces this list: repeat
-# the override below there.
+# The overrides are named: a config adds its own by name (e.g.
+# overrides=dict(detector=dict(name=r'detector(\..*)?', skip=True))).
 quant_cfg = dict(
     w_bits=4,
     a_bits=4,
@@ -35,7 +35,8 @@ quant_cfg = dict(
     transforms=[dict(type='BimodalIntegration')],
     reconstruction=dict(type='QDropReconstruction', batch_size=1),
     calib=dict(num_samples=32, batch_size=1, mode='parallel'),
-    overrides=[
-        dict(name=r'(.*\.)?(patch_embed|output_upscaling|iou_prediction_head'
-             r'|output_hypernetworks_mlps)(\..*)?', skip=True)
-    ])
+    overrides=dict(
+        sam_fp_parts=dict(
+            name=r'(.*\.)?(patch_embed|output_upscaling|iou_prediction_head'
+            r'|output_hypernetworks_mlps)(\..*)?',
+            skip=True)))

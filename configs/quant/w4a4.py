@@ -5,4 +5,4 @@
 quant_cfg = dict(
     w_bits=4,
     a_bits=4,
-    overrides=[dict(first_op=True, a_bits=8)])
+    overrides=dict(first_layer=dict(first_op=True, a_bits=8)))

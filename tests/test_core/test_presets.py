@@ -11,8 +11,12 @@ from mmengine.config import Config
 from mmptq.apis import list_presets, load_quant_cfg, resolve_quant_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'mm*', '**', '*.py'),
-                          recursive=True))
+#: the papers' configs (PTQ4SAM's, whose models load SAM and detector
+#: checkpoints when built, have their own tests: test_ptq4sam_configs.py)
+CONFIGS = sorted(
+    p for p in glob.glob(osp.join(ROOT, 'configs', 'mm*', '**', '*.py'),
+                         recursive=True)
+    if osp.join('mmdet', 'ptq4sam') not in p)
 #: configs that quantize (file names end with the preset: ..._w4a4.py)
 EXAMPLES = [p for p in CONFIGS if re.search(r'_w\d+a\d+\.py$', p)]
 
@@ -102,6 +106,31 @@ PRESET_CLAIMS = {
     # stays at 8 bits. Otherwise the generic recipe"
     'w4a4': (None, dict(w_bits=4, a_bits=4,
                         overrides=[dict(first_op=True, a_bits=8)])),
+    # PTQ4SAM: "BIG ... AGQ ... weights per output channel, asymmetric,
+    # MSEGridObserver ... activations per tensor, asymmetric, min / max ...
+    # QDrop ... one image per iteration ... 32 images, one per batch,
+    # parallel ... FP: SAM's patch embedding and the mask decoder's
+    # output_upscaling, iou_prediction_head and output_hypernetworks_mlps"
+    'ptq4sam_w4a4': (None, dict(
+        w_bits=4, a_bits=4,
+        weight=dict(type='UniformQuantizer', granularity='channel',
+                    observer=dict(type='MSEGridObserver')),
+        act=dict(type='UniformQuantizer', granularity='tensor',
+                 observer=MINMAX),
+        attn__softmax=dict(type='AGQQuantizer'),
+        transforms=[dict(type='BimodalIntegration')],
+        reconstruction=dict(type='QDropReconstruction', batch_size=1),
+        calib__num_samples=32, calib__batch_size=1, calib__mode='parallel',
+        overrides=[dict(
+            name=r'(.*\.)?(patch_embed|output_upscaling|iou_prediction_head'
+            r'|output_hypernetworks_mlps)(\..*)?', skip=True)])),
+    'ptq4sam_w6a6': ('ptq4sam_w4a4', dict(w_bits=6, a_bits=6)),
+    # the ablations: "without AGQ" (the activation quantizer on the
+    # softmax output) and "without BIG"
+    'ptq4sam_w4a4_agq-only': ('ptq4sam_w4a4', dict(transforms=[])),
+    'ptq4sam_w4a4_big-only': ('ptq4sam_w4a4', dict(
+        attn__softmax=dict(type='UniformQuantizer', granularity='tensor',
+                           observer=MINMAX))),
     # RepQ-ViT: w4a4 with percentile-searched weights and the
     # reparameterization (per-tensor percentile-searched activations,
     # log-sqrt2 softmax and sequential calibration are the defaults)
@@ -229,3 +258,20 @@ def test_fp_configs_build(path):
         else:  # backbone → head: ImageNet logits
             out = model(x, mode='tensor')
             assert tuple(out.shape) == (1, cfg.model.head.num_classes)
+
+
+def test_preset_overrides_add_to_the_configs():
+    """``--quant-cfg`` over a config's quant_cfg: the config's override
+    rules stay, the preset's follow (later rules win); named (dict) rules
+    merge by name, the preset's replacing a same-named one."""
+    from mmptq.core.config import merge_quant_cfg
+    skip = dict(name=r'head\..*', skip=True)
+    first = dict(first_op=True, a_bits=8)
+    listed = Config(dict(quant_cfg=dict(overrides=[skip])))
+    assert merge_quant_cfg(listed, 'w4a4')['overrides'] == [skip, first]
+    named = Config(dict(quant_cfg=dict(overrides=dict(
+        head=skip, first_layer=dict(first_op=True, a_bits=6)))))
+    assert merge_quant_cfg(named, 'w4a4')['overrides'] == [skip, first]
+    # without a preset, a dict of named rules resolves to its values
+    assert resolve_quant_cfg(named.quant_cfg.to_dict())['overrides'] == [
+        skip, dict(first_op=True, a_bits=6)]

@@ -1,7 +1,7 @@
 """configs/mmdet/ptq4sam: SAM-B/L/H x {Faster R-CNN, YOLOX-L, DINO} box
 prompts on COCO val2017, FP and PTQ4SAM W6A6 / W4A4."""
 import os.path as osp
-import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from mmengine.registry import DefaultScope
 from segment_anything import (build_sam_vit_b, build_sam_vit_h,
                               build_sam_vit_l)
 
+from mmptq.core import load_quant_cfg
 from mmptq.core.config import merge_quant_cfg
 from mmptq.models import BoxPromptSAM
 
@@ -25,21 +26,12 @@ DETECTORS = dict(
 SAMS = dict(b='sam_vit_b_01ec64', l='sam_vit_l_0b3195', h='sam_vit_h_4b8939')
 BITS = dict(w6a6=6, w4a4=4)
 SKIP_DETECTOR = dict(name=r'detector(\..*)?', skip=True)
+SAM_FP_PARTS = load_quant_cfg('ptq4sam_w4a4')['overrides']['sam_fp_parts']
 
 
 @pytest.fixture(scope='module')
-def config_dir(tmp_path_factory):
-    """The configs; a PTQ4SAM preset not written yet (configs/quant/
-    ptq4sam_*.py) stands in as the plain preset of its bits."""
-    root = tmp_path_factory.mktemp('configs')
-    shutil.copytree(osp.join(CONFIGS, 'mmdet', 'ptq4sam'),
-                    root / 'mmdet' / 'ptq4sam')
-    shutil.copytree(osp.join(CONFIGS, 'quant'), root / 'quant')
-    for bits in BITS:
-        preset = root / 'quant' / f'ptq4sam_{bits}.py'
-        if not preset.exists():
-            preset.write_text(f"_base_ = './{bits}.py'\n")
-    return root / 'mmdet' / 'ptq4sam'
+def config_dir():
+    return Path(CONFIGS) / 'mmdet' / 'ptq4sam'
 
 
 def load(config_dir, name: str) -> Config:
@@ -75,7 +67,10 @@ def test_configs_resolve(config_dir, sam, det):
         assert resolved['w_bits'] == resolved['a_bits'] == n
         assert resolved['calib']['num_samples'] == 32
         assert resolved['calib']['batch_size'] == 1
+        # the config's rule is added to the preset's (named overrides
+        # merge), not put in its place
         assert SKIP_DETECTOR in resolved['overrides']
+        assert SAM_FP_PARTS in resolved['overrides']
 
 
 def tiny_sam(cfg: Config) -> dict:

@@ -8,4 +8,4 @@ _base_ = ['./sam-h_faster-rcnn-r50_coco.py', '../../quant/ptq4sam_w4a4.py']
 test_cfg = dict(type='mmptq.QuantTestLoop')
 quant_cfg = dict(
     calib=dict(num_samples=32, batch_size=1, split='train'),
-    overrides=[dict(name=r'detector(\..*)?', skip=True)])
+    overrides=dict(detector=dict(name=r'detector(\..*)?', skip=True)))
