@@ -14,7 +14,7 @@ error after the matmul with V, so it is applied where the probabilities
 meet V: the softmax call returns them in FP, and the next matmul whose
 left operand has the softmax's output shape (as ``attention_sites`` pairs
 them) gets its left operand quantized by it, called with
-``value=`` its right operand.
+``value=`` its right operand (in SDPA: ``ProbsValueMatMul``).
 """
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Dict, List, Optional, Tuple
@@ -273,11 +273,23 @@ def build_site(role: str, make: Callable[[str], Optional[nn.Module]]
         return QuantSoftmax(make('softmax'))
     if role == 'av':
         return QuantMatMul(None, make('v'))
-    qk, softmax = build_site('qk', make), build_site('softmax', make)
+    qk, softmax, av = (build_site(r, make) for r in ('qk', 'softmax', 'av'))
     if takes_value(softmax.quantizer):
-        raise ValueError(
-            f'{softmax.quantizer.name}: {type(softmax.quantizer).__name__} '
-            f'needs the V of attn·V, which scaled_dot_product_attention '
-            f'does not expose; use another attn.softmax quantizer for this '
-            f'model or keep the host FP with an override (skip=True)')
-    return QuantSDPA(qk, softmax, build_site('av', make))
+        softmax, av = QuantSoftmax(None), ProbsValueMatMul(
+            softmax.quantizer, av.quantizer_b)
+    return QuantSDPA(qk, softmax, av)
+
+
+class ProbsValueMatMul(QuantMatMul):
+    """attn·V inside SDPA for a ``takes_value`` softmax quantizer Q_p:
+    out = f(Q_p(a, value=b), Q_v(b))."""
+
+    def __init__(self, quantizer_p: nn.Module,
+                 quantizer_b: Optional[nn.Module]) -> None:
+        super().__init__(None, quantizer_b)
+        self.quantizer_p = quantizer_p
+
+    def forward(self, func: Callable, a: Tensor, b: Tensor, *args,
+                **kwargs) -> Tensor:
+        return super().forward(func, self.quantizer_p(a, value=b), b, *args,
+                               **kwargs)

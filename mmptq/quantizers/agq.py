@@ -134,9 +134,8 @@ class AGQQuantizer(LogQuantizer):
         if value is None:
             raise RuntimeError(
                 f'{self.name or "AGQQuantizer"} calibrates on the error '
-                f'after the matmul with V, but got no V: it is a softmax '
-                f'quantizer for attention whose probabilities go straight '
-                f'into a matmul (not inside scaled_dot_product_attention)')
+                f'after the matmul with V, but got no V: use it as '
+                f'quant_cfg.attn.softmax (the attention capture passes V)')
         errors, scales = agq_search(x, value, self.bits, self.taus, self.p)
         self.observer.update(torch.stack([errors, scales], dim=1), self)
         self.update_qparams()

@@ -1,4 +1,5 @@
 """Bimodal Integration of attention keys (PTQ4SAM)."""
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
@@ -111,37 +112,55 @@ def trace_qk(model: nn.Module, run: Callable[[], object]) -> _Trace:
     return trace
 
 
+def _unchanged(model: nn.Module, run: Callable[[], object], first: _Trace,
+               signs: Dict[Tuple[str, str], Tensor]) -> List[bool]:
+    """Per pair of ``signs``: are its products the same when every pair's
+    sign pattern is folded in at once?"""
+    for (q, k), sign in signs.items():
+        fold_sign(model.get_submodule(q), model.get_submodule(k), sign)
+    again = trace_qk(model, run).products
+    for (q, k), sign in signs.items():
+        fold_sign(model.get_submodule(q), model.get_submodule(k), sign)
+    return [
+        len(again.get(pair, [])) == len(first.products[pair]) and all(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+            for a, b in zip(again[pair], first.products[pair]))
+        for pair in signs
+    ]
+
+
 def find_qk_pairs(model: nn.Module, run: Callable[[], object]
                   ) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str, str]]]:
     """(q, k) Linear pairs whose outputs meet only in Q·Kᵀ (left, right
-    operand) with channel c of one against channel c of the other,
-    checked by folding a random sign pattern into each candidate and
-    running again: its products must not change. Returns the pairs and
-    the rejected candidates as (q, k, why)."""
+    operand), each Linear in one pair, channel c of one against channel c
+    of the other: checked by folding random sign patterns (all candidates
+    at once, else one at a time) and running again, the products must not
+    change. Returns the pairs and the rejected candidates as (q, k, why).
+    """
     first = trace_qk(model, run)
-    pairs, rejected = [], []
+    meets = Counter(name for pair in first.products for name in pair)
     gen = torch.Generator().manual_seed(0)
-    for (q_name, k_name), products in first.products.items():
+    signs, rejected = {}, []
+    for q_name, k_name in first.products:
         q, k = model.get_submodule(q_name), model.get_submodule(k_name)
         if {q_name, k_name} & first.others:
-            rejected.append((q_name, k_name, 'also used outside Q·Kᵀ'))
-            continue
-        if q.out_features != k.out_features:
-            rejected.append((q_name, k_name, 'widths differ'))
-            continue
-        sign = torch.randint(0, 2, (k.out_features, ), generator=gen) * 2 - 1
-        fold_sign(q, k, sign)
-        again = trace_qk(model, run).products.get((q_name, k_name), [])
-        fold_sign(q, k, sign)
-        same = len(again) == len(products) and all(
-            torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
-            for a, b in zip(again, products))
-        if same:
-            pairs.append((q_name, k_name))
+            why = 'also used outside Q·Kᵀ'
+        elif meets[q_name] > 1 or meets[k_name] > 1:
+            why = 'meets more than one Linear'
+        elif q.out_features != k.out_features:
+            why = 'widths differ'
         else:
-            rejected.append((q_name, k_name, 'channels do not meet one '
-                             'to one in the product'))
-    return pairs, rejected
+            signs[q_name, k_name] = torch.randint(
+                0, 2, (k.out_features, ), generator=gen) * 2 - 1
+            continue
+        rejected.append((q_name, k_name, why))
+    same = _unchanged(model, run, first, signs)
+    if not all(same):
+        same = [_unchanged(model, run, first, {pair: sign})[0]
+                for pair, sign in signs.items()]
+    rejected += [(q, k, 'channels do not meet one to one in the product')
+                 for (q, k), ok in zip(signs, same) if not ok]
+    return [pair for pair, ok in zip(signs, same) if ok], rejected
 
 
 class _KeyStats:
