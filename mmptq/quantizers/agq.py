@@ -124,7 +124,7 @@ class AGQQuantizer(LogQuantizer):
         """τ = argmin of the mean errors; s = the mean scale of that τ."""
         errors, scales = self.observer.range()
         k = int(errors.argmin())
-        self.tau.fill_(self.taus[k])
+        self.tau = torch.tensor(self.taus[k], device=scales.device)
         scale = scales[k].reshape(1).float()
         self.set_qparams(scale, torch.zeros_like(scale))
 
@@ -137,7 +137,8 @@ class AGQQuantizer(LogQuantizer):
                 f'after the matmul with V, but got no V: use it as '
                 f'quant_cfg.attn.softmax (the attention capture passes V)')
         errors, scales = agq_search(x, value, self.bits, self.taus, self.p)
-        self.observer.update(torch.stack([errors, scales], dim=1), self)
+        self.observer.update(
+            torch.stack([errors, scales], dim=1).to(x.device), self)
         self.update_qparams()
         self.observing = False
         try:

@@ -171,25 +171,24 @@ class _KeyStats:
         self.max_values = max_values
         self.gen = torch.Generator().manual_seed(seed)
         self.total: Optional[Tensor] = None
-        self.count = 0
         self.rows: List[Tensor] = []
 
     def __call__(self, mod: nn.Module, args, out: Tensor) -> None:
-        rows = out.detach().reshape(-1, out.shape[-1]).double().cpu()
-        total = rows.sum(dim=0)
+        rows = out.detach().reshape(-1, out.shape[-1])
+        total = rows.sum(dim=0, dtype=torch.float64).cpu()
         self.total = total if self.total is None else self.total + total
-        self.count += rows.shape[0]
+        self.rows.append(self.subsample(rows).double().cpu())
+
+    def subsample(self, rows: Tensor) -> Tensor:
+        """At most ``max_values`` values: random whole rows."""
         cap = max(1, self.max_values // rows.shape[1])
-        if rows.shape[0] > cap:
-            rows = rows[torch.randperm(rows.shape[0], generator=self.gen)[:cap]]
-        self.rows.append(rows)
+        if rows.shape[0] <= cap:
+            return rows
+        keep = torch.randperm(rows.shape[0], generator=self.gen)[:cap]
+        return rows[keep.to(rows.device)]
 
     def sample(self) -> Tensor:
-        rows = torch.cat(self.rows)
-        cap = max(1, self.max_values // rows.shape[1])
-        if rows.shape[0] > cap:
-            rows = rows[torch.randperm(rows.shape[0], generator=self.gen)[:cap]]
-        return rows
+        return self.subsample(torch.cat(self.rows))
 
 
 @MODEL_TRANSFORMS.register_module()
@@ -213,10 +212,11 @@ class BimodalIntegration(BaseTransform):
     encoder) are not handled: the reference applies BIG to the mask
     decoder only too.
 
-    Detection and signs use all calibration batches (the key projection's
-    outputs as the quantized model computes them during calibration; at
-    most ``max_values`` values, a random subsample of rows); the
-    reference looks at batch element 0 of the first batch only, in FP.
+    Detection and signs use all calibration batches: the key projection's
+    outputs in the calibration pass (FP in ``calib.mode='parallel'``, the
+    presets' mode), at most ``max_values`` of them for the KDE (random
+    whole rows); the reference looks at batch element 0 of the first
+    batch only.
     Folding happens after calibration, so every activation quantizer is
     calibrated again (and the two projections' weight quantizers). A
     channel with mean exactly 0 keeps its sign (the reference multiplies
