@@ -13,9 +13,9 @@ from .log import LogQuantizer
 def agq_search(x: Tensor, value: Tensor, bits: int,
                taus: Sequence[int] = (1, 2, 4),
                p: float = 2.4) -> Tuple[Tensor, Tensor]:
-    """PTQ4SAM's per-batch AGQ search (Lv et al., CVPR 2024, Sec. 4.2,
-    Eq. 9-10): for every τ, the scale s of the base-2^(1/τ) log quantizer
-    Q_τ,s that minimises the error after the matmul with V,
+    """PTQ4SAM's per-batch AGQ search (Lv et al., CVPR 2024): for every τ,
+    the scale s of the base-2^(1/τ) log quantizer Q_τ,s that minimises the
+    error after the matmul with V,
 
         E(τ, s) = mean |Q_τ,s(x)·V − x·V|^p,
 
@@ -70,8 +70,8 @@ class AGQObserver(BaseObserver):
 
 @QUANTIZERS.register_module()
 class AGQQuantizer(LogQuantizer):
-    """Adaptive Granularity Quantization (Lv et al., PTQ4SAM, CVPR 2024,
-    Sec. 4.2): a log quantizer of base 2^(1/τ),
+    """Adaptive Granularity Quantization (AGQ; Lv et al., PTQ4SAM, CVPR
+    2024): a log quantizer of base 2^(1/τ),
 
         q = clamp(round(−τ·log2(x/s)), 0, 2^b − 1),   x̂ = s·2^(−q/τ),
 
@@ -114,7 +114,6 @@ class AGQQuantizer(LogQuantizer):
         self.taus = tuple(int(t) for t in taus)
         self.p = p
         self.register_buffer('tau', torch.tensor(self.taus[0]))
-        self._value: Optional[Tensor] = None
 
     @property
     def root(self) -> int:

@@ -22,7 +22,7 @@ SCALAR_OPS = {'mul', '__mul__', '__rmul__', 'div', '__truediv__'}
 
 def count_peaks(values: np.ndarray, grid: int = 128, height: float = 0.01,
                 distance: int = 32) -> int:
-    """PTQ4SAM's bimodality test (Lv et al., CVPR 2024, Sec. 4.1): the
+    """PTQ4SAM's bimodality test (Lv et al., CVPR 2024, Bimodal Integration): the
     peaks of a Gaussian KDE (Scott's bandwidth) of ``values`` on ``grid``
     evenly spaced points over [min, max], with ``find_peaks`` at least
     ``height``·Σ density high and ``distance`` grid points apart; two
@@ -47,7 +47,7 @@ def count_peaks(values: np.ndarray, grid: int = 128, height: float = 0.01,
 @torch.no_grad()
 def fold_sign(q: nn.Linear, k: nn.Linear, sign: Tensor) -> None:
     """Rows and biases of both projections times the sign γ_c ∈ {±1} of
-    their output channel: (γ⊙q)·(γ⊙k)ᵀ = q·kᵀ (PTQ4SAM, Eq. 6)."""
+    their output channel: (γ⊙q)·(γ⊙k)ᵀ = q·kᵀ (PTQ4SAM's sign operation)."""
     for lin in (q, k):
         lin.weight.mul_(sign[:, None].to(lin.weight))
         if lin.bias is not None:
@@ -193,13 +193,13 @@ class _KeyStats:
 
 @MODEL_TRANSFORMS.register_module()
 class BimodalIntegration(BaseTransform):
-    """Bimodal Integration (BIG; Lv et al., PTQ4SAM, CVPR 2024, Sec. 4.1,
-    Eq. 5-7). Where the keys K of an attention are bimodal per tensor
-    (two KDE peaks: :func:`count_peaks`), each channel c gets the sign γ_c
-    of its mean over the calibration data and γ is folded into the rows
-    and biases of both the query and the key projection
-    (:func:`fold_sign`): Q·Kᵀ is unchanged in FP and K = γ⊙K_old has its
-    channels on one side, one mode, which a per-tensor quantizer fits.
+    """Bimodal Integration (BIG; Lv et al., PTQ4SAM, CVPR 2024). Where the
+    keys K of an attention are bimodal per tensor (two KDE peaks:
+    :func:`count_peaks`), each channel c gets the sign γ_c of its mean over
+    the calibration data and γ is folded into the rows and biases of both
+    the query and the key projection (:func:`fold_sign`): Q·Kᵀ is
+    unchanged in FP and K = γ⊙K_old has its channels on one side, one
+    mode, which a per-tensor quantizer fits.
 
     Which attentions: any whose Q and K come from two separate
     ``nn.Linear`` (e.g. segment-anything's ``transformer.Attention``,
@@ -216,8 +216,7 @@ class BimodalIntegration(BaseTransform):
     outputs in the calibration pass (FP in ``calib.mode='parallel'``, the
     presets' mode), at most ``max_values`` of them for the KDE (random
     whole rows); the reference looks at batch element 0 of the first
-    batch only.
-    Folding happens after calibration, so every activation quantizer is
+    batch only. Folding happens after calibration, so every activation quantizer is
     calibrated again (and the two projections' weight quantizers). A
     channel with mean exactly 0 keeps its sign (the reference multiplies
     it by sign(0) = 0).

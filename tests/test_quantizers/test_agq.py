@@ -1,4 +1,4 @@
-"""AGQ (PTQ4SAM, Lv et al. CVPR 2024, Sec. 4.2): the levels against the
+"""AGQ (PTQ4SAM, Lv et al. CVPR 2024): the levels against the
 closed form, the τ search against hand-made inputs and against an
 independent numpy re-implementation of the reference's calibration
 (chengtao-lv/PTQ4SAM, LogAvgMSEFastObserver), and its use as the

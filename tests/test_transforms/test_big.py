@@ -1,4 +1,4 @@
-"""BIG (PTQ4SAM, Lv et al. CVPR 2024, Sec. 4.1): the bimodality test, the
+"""BIG (PTQ4SAM, Lv et al. CVPR 2024): the bimodality test, the
 q/k pairs found by tracing, the sign fold keeping Q·Kᵀ, and the
 transform inside quantize_model on segment-anything's TwoWayTransformer."""
 import copy
