@@ -223,7 +223,7 @@ def allocate_bits(model: nn.Module,
     if mp is None:
         raise ValueError('quant_cfg.mixed_precision is not set: give '
                          "dict(budget='W5A5', candidates=(4, 6, 8))")
-    objective = mp['objective'] or ('loss' if loss is not None else 'noise')
+    objective = mp['objective']
     if objective == 'loss' and loss is None:
         raise ValueError("mixed_precision.objective='loss' needs a model "
                          'with a task loss and labelled calibration data')
@@ -251,21 +251,22 @@ def allocate_bits(model: nn.Module,
                         _metric_unit(budget, units, mp['metric']),
                         mp['metric'], solver, results)
     if out_file:
-        write_quant_cfg(result, out_file)
+        write_quant_cfg(out, out_file, (
+            f"mixed precision (mmptq.apis.sensitivity.allocate_bits): "
+            f"{result.metric} {result.cost:.6g} <= budget "
+            f"{result.budget:.6g} ({mp['budget']}), objective {objective}, "
+            f"solver {solver}; edit the overrides at will"))
     return result
 
 
-def write_quant_cfg(allocation: Allocation, path: str) -> None:
-    """A config file ``quant_cfg = dict(...)`` (every key explicit, one
-    override per unit), headed by the budget, the cost and the solver."""
+def write_quant_cfg(quant_cfg: dict, path: str, comment: str = '') -> None:
+    """A config file ``quant_cfg = {...}`` (every key explicit), headed by
+    ``comment`` (a line)."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    a = allocation
-    head = (f'# mixed precision (mmptq.apis.sensitivity.allocate_bits): '
-            f'{a.metric} {a.cost:.6g} <= budget {a.budget:.6g}, solver '
-            f'{a.solver}; edit the overrides at will\n')
     with open(path, 'w') as f:
-        f.write(head + 'quant_cfg = ' + pprint.pformat(
-            a.quant_cfg, sort_dicts=False, width=79) + '\n')
+        f.write(f'# {comment}\n' if comment else '')
+        f.write('quant_cfg = ' + pprint.pformat(
+            dict(quant_cfg), sort_dicts=False, width=79) + '\n')
 
 
 def config_cost(units: Sequence[Unit], quant_cfg: dict,

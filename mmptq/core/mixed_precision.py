@@ -26,10 +26,11 @@ OBJECTIVES = ('noise', 'loss')
 SOLVERS = ('milp', 'greedy')
 #: ``quant_cfg.mixed_precision`` defaults; ``budget`` is required: a number
 #: in the metric's unit (GBOPs per image, MiB, bits) or a uniform setting
-#: 'W5A5' (the cost of the same quant_cfg at those bits); ``objective``
-#: None: 'loss' where the model has a task loss, else 'noise'
+#: 'W5A5' (the cost of the same quant_cfg at those bits); ``objective``:
+#: the summed sensitivity is of the output noise ratio ('noise') or of the
+#: task-loss increase ('loss', clipped at 0; noisier on a few images)
 MIXED_PRECISION_DEFAULTS: Dict = dict(
-    budget=None, candidates=(4, 6, 8), metric='bops', objective=None,
+    budget=None, candidates=(4, 6, 8), metric='bops', objective='noise',
     solver='milp', eval_batches=2)
 _UNIFORM = re.compile(r'[wW](\d+)[aA](\d+)')
 
@@ -73,8 +74,7 @@ def check_mixed_precision(value) -> Optional[dict]:
          for b in cands}))
     for key, allowed in (('metric', METRICS), ('objective', OBJECTIVES),
                          ('solver', SOLVERS)):
-        if cfg[key] not in allowed and not (key == 'objective'
-                                            and cfg[key] is None):
+        if cfg[key] not in allowed:
             raise ValueError(f'quant_cfg.mixed_precision.{key}={cfg[key]!r} '
                              f'is not one of {allowed}')
     if not isinstance(cfg['eval_batches'], int) or cfg['eval_batches'] < 1:

@@ -178,10 +178,11 @@ def op_sensitivity(ops: Sequence[QuantOp],
                    seed: int = 0) -> List[dict]:
     """Damage of each op of ``ops`` quantized alone, the others FP.
 
-    For every op: the SQNR of the outputs of ``probes`` over ``batches``
-    against FP and the noise ratio r = Σ‖y − ŷ‖² / Σ‖y‖² = 10^(−SQNR/10)
-    (additive over ops whose noises are independent: the allocator's
-    objective), and,
+    For every op: the noise ratio of the outputs of ``probes`` over
+    ``batches`` against FP, averaged over the output tensors t (a small
+    output, e.g. a box-regression branch, weighs as much as a large feature
+    map): r = mean_t 10^(−SQNR_t/10); r is additive over ops whose noises
+    are independent (the allocator's objective); sqnr = −10·log10 r. And,
     when ``forward`` returns a task loss, its increase ΔL = L̂ − L (mean
     over the batches). The random state is reset to ``seed`` before every
     forward (samplers of detection losses draw the same proposals).
@@ -191,7 +192,8 @@ def op_sensitivity(ops: Sequence[QuantOp],
         batches: the evaluation batches.
         forward: runs one batch; returns the task loss (a scalar) or None.
         probes: modules whose outputs are compared with FP.
-        sqnr: SQNR (dB) of outputs against the FP ones.
+        sqnr: SQNR (dB) of outputs (a list of tensors) against the FP
+            ones.
         seed: random state of every forward.
 
     Returns:
@@ -221,10 +223,12 @@ def op_sensitivity(ops: Sequence[QuantOp],
     for op in ops:
         with only(ops, [op]):
             outs, loss = evaluate()
-        db = sqnr(ref, outs)
+        noise = sum(10**(-sqnr([r], [o]) / 10)
+                    for r, o in zip(ref, outs)) / len(ref)
         rows.append(dict(
-            key=op.key, name=op.name, kind=op.kind, bits=op.bits, sqnr=db,
-            noise=10**(-db / 10),
+            key=op.key, name=op.name, kind=op.kind, bits=op.bits,
+            noise=noise, sqnr=math.inf if noise == 0 else
+            -10 * math.log10(noise),
             loss_increase=None if loss is None else loss - ref_loss))
         bar.update()
     return rows
