@@ -2,6 +2,7 @@
 and greedy, the fragile layer gets more bits, the written quant_cfg
 round-trips through ``--quant-cfg``."""
 import itertools
+import json
 import os.path as osp
 import random
 import re
@@ -166,3 +167,28 @@ def test_config_defaults():
         budget=4.5, metric='avg_bits', candidates=[8, 4])))['mixed_precision']
     assert mp['candidates'] == (4, 8) and mp['solver'] == 'milp'
     assert resolve_quant_cfg(None)['mixed_precision'] is None
+
+
+def test_tool_sensitivity_and_allocation(tmp_path):
+    """tools/analyze.py --sensitivity --budget on a demo config (random
+    weights, synthetic images): a table, JSON and plot per candidate, and
+    a quant_cfg whose overrides name every quantized layer of the model."""
+    config = 'configs/demo/deit-mini_mnist-cls.py'
+    proc = subprocess.run(
+        [sys.executable, 'tools/analyze.py', config, '--quant-cfg', 'w4a4',
+         '--sensitivity', '--budget', 'W6A6', '--candidates', '4', '8',
+         '--size', '32', '32', '--calib-batches', '2', '--work-dir',
+         str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for bits in (4, 8):
+        for ext in ('md', 'json', 'png'):
+            assert (tmp_path / f'sensitivity_{bits}bit.{ext}').is_file()
+    rows = json.loads((tmp_path / 'sensitivity_4bit.json').read_text())
+    kinds = {r['layer_kind'] for r in rows['rows']}
+    assert {'linear', 'qk', 'softmax', 'av'} <= kinds or 'sdpa' in kinds
+    cfg = load_quant_cfg(str(tmp_path / 'mixed_precision.py'))
+    assert cfg['mixed_precision'] is None
+    allocated = {re.sub(r'\\(.)', r'\1', o['name'])
+                 for o in cfg['overrides'] if 'name' in o}
+    assert {r['unit'] for r in rows['rows']} == allocated
+    assert {o.get('a_bits') for o in cfg['overrides']} <= {4, 8}
