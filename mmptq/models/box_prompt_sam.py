@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from mmdet.models.detectors import BaseDetector
+from mmdet.models.losses.dice_loss import dice_loss
+from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.registry import TRANSFORMS
 from mmdet.structures import DetDataSample
@@ -29,6 +31,7 @@ from segment_anything.modeling import (ImageEncoderViT, MaskDecoder,
                                        PromptEncoder, Sam, TwoWayTransformer)
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mmptq.registry import MODELS
 
@@ -51,6 +54,8 @@ DECODER_DEFAULTS = dict(depth=2, mlp_dim=2048, num_heads=8,
 SAM_PREFIXES = ('image_encoder.', 'prompt_encoder.', 'mask_decoder.')
 #: the image-to-detector-input transforms end in this packing
 DETECTOR_META_KEYS = ('ori_shape', 'img_shape', 'pad_shape', 'scale_factor')
+#: SAM's training loss: focal : dice = 20 : 1, IoU prediction's MSE 1
+LOSS_WEIGHTS = dict(focal=20.0, dice=1.0, iou=1.0)
 
 
 def sam_encoder_dims(state: Dict[str, Tensor]) -> Tuple[int, int]:
@@ -84,6 +89,9 @@ class BoxPromptSAM(BaseDetector):
     discovery forward to see the decoder). An image without boxes gets an
     empty prediction.
 
+    Training (``loss``) prompts SAM with jittered ground-truth boxes and
+    never runs the detector: its weights get no gradient.
+
     The data pipeline passes the original image (``LoadImageFromFile``, no
     resize; BGR uint8, ``(C, H, W)``): the detector gets it through
     ``detector_pipeline`` (its own test-time resize / pad, mmdet
@@ -105,6 +113,8 @@ class BoxPromptSAM(BaseDetector):
             800), keep_ratio=True)]``); empty: the image as is.
         prompt: ``'detector'`` or ``'gt'`` (the ground-truth boxes of each
             data sample; labels kept, scores 1).
+        max_prompts: keep the highest-scoring boxes of each image, at most
+            this many (None: all).
         sam_variant: ``'vit_b'``, ``'vit_l'`` or ``'vit_h'``.
         sam_checkpoint: an official SAM checkpoint (a plain state dict with
             ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``);
@@ -117,6 +127,9 @@ class BoxPromptSAM(BaseDetector):
         multimask_output: predict SAM's three masks per box and keep the one
             with the highest predicted IoU (False: the single mask).
         mask_threshold: logit threshold of the masks.
+        box_noise: training prompt noise, a fraction of the box side
+            (``jitter_boxes``).
+        box_noise_max: its cap in pixels of SAM's input frame.
         bgr_to_rgb: the inputs are BGR (mmdet's loading); SAM reads RGB.
         pixel_mean: SAM's normalisation (RGB, 0-255).
         pixel_std: SAM's normalisation (RGB, 0-255).
@@ -130,6 +143,7 @@ class BoxPromptSAM(BaseDetector):
                  detector_checkpoint: Optional[str] = None,
                  detector_pipeline: Sequence[dict] = (),
                  prompt: str = 'detector',
+                 max_prompts: Optional[int] = None,
                  sam_variant: str = 'vit_b',
                  sam_checkpoint: Optional[str] = None,
                  image_encoder: Optional[dict] = None,
@@ -137,6 +151,8 @@ class BoxPromptSAM(BaseDetector):
                  prompt_embed_dim: int = 256,
                  multimask_output: bool = False,
                  mask_threshold: float = 0.0,
+                 box_noise: float = 0.1,
+                 box_noise_max: float = 20.0,
                  bgr_to_rgb: bool = True,
                  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
                  pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
@@ -155,9 +171,12 @@ class BoxPromptSAM(BaseDetector):
             raise ValueError(f'sam_variant must be one of '
                              f'{sorted(SAM_VARIANTS)}, got {sam_variant!r}')
         self.prompt = prompt
+        self.max_prompts = max_prompts
         self.sam_variant = sam_variant
         self.multimask_output = multimask_output
         self.mask_threshold = mask_threshold
+        self.box_noise = box_noise
+        self.box_noise_max = box_noise_max
         self.bgr_to_rgb = bgr_to_rgb
         self._build_sam(sam_variant, image_encoder or {}, mask_decoder or {},
                         prompt_embed_dim)
@@ -258,7 +277,11 @@ class BoxPromptSAM(BaseDetector):
     def _prompts(self, images: List[Tensor],
                  data_samples: List[DetDataSample]) -> List[InstanceData]:
         if self.prompt == 'detector':
-            return self._detect(images)
+            found = self._detect(images)
+            if self.max_prompts is None:
+                return found
+            return [p[p.scores.argsort(descending=True)[:self.max_prompts]]
+                    for p in found]
         out = []
         for sample in data_samples:
             gt = sample.gt_instances
@@ -286,11 +309,11 @@ class BoxPromptSAM(BaseDetector):
         return self.image_encoder(
             torch.cat([self._sam_input(img) for img in batch_inputs]))
 
-    def _masks(self, embedding: Tensor, bboxes: Tensor,
-               input_size: Tuple[int, int],
-               ori_size: Tuple[int, int]) -> Tensor:
-        """Boolean masks ``(N, H, W)`` for ``bboxes`` in original pixels."""
-        boxes = self.transform.apply_boxes_torch(bboxes, ori_size)
+    def _decode(self, embedding: Tensor,
+                boxes: Tensor) -> Tuple[Tensor, Tensor]:
+        """Low-resolution mask logits ``(N, 1, h, w)`` and predicted IoUs
+        ``(N, )`` for ``boxes`` in SAM's input frame (the mask of the
+        highest predicted IoU with ``multimask_output``)."""
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes,
                                             masks=None)
         low_res, iou = self.mask_decoder(
@@ -299,8 +322,15 @@ class BoxPromptSAM(BaseDetector):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=self.multimask_output)
-        best = iou.argmax(dim=1)
-        low_res = low_res[torch.arange(len(best)), best][:, None]
+        best = torch.arange(len(iou)), iou.argmax(dim=1)
+        return low_res[best][:, None], iou[best]
+
+    def _masks(self, embedding: Tensor, bboxes: Tensor,
+               input_size: Tuple[int, int],
+               ori_size: Tuple[int, int]) -> Tensor:
+        """Boolean masks ``(N, H, W)`` for ``bboxes`` in original pixels."""
+        boxes = self.transform.apply_boxes_torch(bboxes, ori_size)
+        low_res, _ = self._decode(embedding, boxes)
         masks = Sam.postprocess_masks(self, low_res, input_size, ori_size)
         return masks[:, 0] > self.mask_threshold
 
@@ -347,7 +377,76 @@ class BoxPromptSAM(BaseDetector):
         """The SAM image embeddings (no prompts needed)."""
         return self.extract_feat(batch_inputs)
 
+    def jitter_boxes(self, boxes: Tensor,
+                     input_size: Tuple[int, int]) -> Tensor:
+        """SAM's training noise on box prompts (Kirillov et al. 2023,
+        App. A): each coordinate moves by a normal sample of standard
+        deviation ``box_noise`` x the box side, clipped to
+        ``box_noise_max`` pixels of SAM's input frame; then clipped to the
+        image (``input_size``: its resized size there).
+
+        Args:
+            boxes: ``(N, 4)`` xyxy boxes in SAM's input frame.
+            input_size: ``(h, w)`` of the resized image.
+        """
+        side = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+        noise = torch.randn_like(boxes) * self.box_noise * side
+        boxes = boxes + noise.clamp(-self.box_noise_max, self.box_noise_max)
+        h, w = input_size
+        return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                            boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)],
+                           dim=1)
+
     def loss(self, batch_inputs: List[Tensor],
-             batch_data_samples: List[DetDataSample]) -> dict:
-        raise NotImplementedError('BoxPromptSAM is an evaluation model; it '
-                                  'has no training loss')
+             batch_data_samples: List[DetDataSample]) -> Dict[str, Tensor]:
+        """SAM's training loss with jittered ground-truth boxes as prompts.
+
+        Each instance's box (``jitter_boxes``) prompts SAM; its mask logits,
+        upscaled to SAM's padded input, are compared with the instance mask
+        (``gt_instances.masks``, resized and padded the same way) by focal
+        and dice losses weighted 20:1, and the predicted IoU with the mask's
+        actual IoU by a mean squared error, as SAM's training (one mask per
+        box: no multimask minimum). The prompt detector is not used.
+
+        Args:
+            batch_inputs: the original images, ``(C, H, W)`` each.
+            batch_data_samples: their data samples, with ``gt_instances``
+                (``bboxes``, ``masks``).
+
+        Returns:
+            ``loss_focal``, ``loss_dice`` and ``loss_iou``.
+        """
+        embeddings = self.extract_feat(batch_inputs)
+        size = self.image_encoder.img_size
+        logits, ious, targets = [], [], []
+        for img, emb, sample in zip(batch_inputs, embeddings,
+                                    batch_data_samples):
+            gt = sample.gt_instances
+            if not len(gt):
+                continue
+            h, w = img.shape[1:]
+            input_size = ResizeLongestSide.get_preprocess_shape(h, w, size)
+            bboxes = getattr(gt.bboxes, 'tensor', gt.bboxes).float()
+            boxes = self.jitter_boxes(
+                self.transform.apply_boxes_torch(bboxes, (h, w)), input_size)
+            low_res, iou = self._decode(emb, boxes)
+            logits.append(F.interpolate(low_res, (size, size),
+                                        mode='bilinear',
+                                        align_corners=False)[:, 0])
+            ious.append(iou)
+            targets.append(gt.masks.resize(input_size).pad(
+                (size, size)).to_tensor(torch.float32, img.device))
+        if not logits:  # no instance in the batch: zero, with gradients
+            zero = embeddings.sum() * 0
+            return dict(loss_focal=zero, loss_dice=zero, loss_iou=zero)
+        logits, ious = torch.cat(logits), torch.cat(ious)
+        targets = torch.cat(targets)
+        pred = logits > 0
+        union = (pred | targets.bool()).flatten(1).sum(1).clamp(min=1)
+        true_iou = (pred & targets.bool()).flatten(1).sum(1) / union
+        return dict(
+            loss_focal=LOSS_WEIGHTS['focal'] * py_sigmoid_focal_loss(
+                logits.flatten(1), targets.flatten(1)),
+            loss_dice=LOSS_WEIGHTS['dice'] * dice_loss(
+                logits.sigmoid(), targets, naive_dice=True, eps=1.0),
+            loss_iou=LOSS_WEIGHTS['iou'] * F.mse_loss(ious, true_iou))

@@ -285,3 +285,57 @@ def test_coco_metric_scores_it(tmp_path):
     results = metric.evaluate(len(dataset))
     assert results['coco/bbox_mAP'] == 1.0
     assert 0 <= results['coco/segm_mAP'] <= 1
+
+
+def test_jitter_boxes():
+    """SAM's box noise: 10% of the side, at most 20 px, inside the image."""
+    model = tiny(prompt='gt')
+    boxes = torch.tensor([[10., 10., 30., 50.], [0., 0., 600., 600.]])
+    torch.manual_seed(0)
+    noisy = torch.stack([model.jitter_boxes(boxes, (1000, 1000))
+                         for _ in range(2000)])
+    moved = noisy - boxes
+    assert moved[:, 1].abs().max() <= 20  # the cap (600 px box)
+    std = moved[:, 0].std(dim=0)  # 20 x 40 px box: 2, 4, 2, 4 px
+    assert torch.allclose(std, torch.tensor([2., 4., 2., 4.]), rtol=0.1)
+    assert model.jitter_boxes(torch.tensor([[0., 0., 64., 40.]]),
+                              (40, 64)).min() >= 0
+    corner = model.jitter_boxes(torch.tensor([[50., 30., 64., 40.]]),
+                                (40, 64))[0]
+    assert corner[2] <= 64 and corner[3] <= 40
+
+
+def test_loss_trains_sam_not_detector():
+    """The loss (focal 20 : dice 1, IoU MSE) prompts SAM with jittered
+    ground-truth boxes; gradients reach SAM's three parts, never the
+    detector; a few steps lower it; an image without instances adds
+    nothing."""
+    from mmdet.structures.mask import BitmapMasks
+    model = tiny(detector=TINY_DETECTOR,
+                 detector_pipeline=DETECTOR_PIPELINE).train()
+    data = batch(image(4, (48, 64)), [[4., 4., 30., 40.], [20., 8., 60., 30.]])
+    masks = np.zeros((2, 48, 64), dtype=np.uint8)
+    masks[0, 10:30, 8:24] = masks[1, 12:26, 30:55] = 1
+    data['data_samples'][0].gt_instances.masks = BitmapMasks(masks, 48, 64)
+    empty = batch(image(5, (48, 64)), [])
+    empty['data_samples'][0].gt_instances.masks = BitmapMasks(
+        np.zeros((0, 48, 64), np.uint8), 48, 64)
+    inputs = data['inputs'] + empty['inputs']
+    samples = data['data_samples'] + empty['data_samples']
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(8):
+        torch.manual_seed(0)  # the same jitter each step
+        losses = model.loss(inputs, samples)
+        assert set(losses) == {'loss_focal', 'loss_dice', 'loss_iou'}
+        optim.zero_grad()
+        sum(losses.values()).backward()
+        optim.step()
+        history.append(float(sum(losses.values()).detach()))
+    for part in ('image_encoder', 'prompt_encoder', 'mask_decoder'):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in getattr(model, part).parameters()), part
+    assert all(p.grad is None for p in model.detector.parameters())
+    assert history[-1] < history[0], history
+    zero = model.loss(empty['inputs'], empty['data_samples'])
+    assert all(v == 0 and v.requires_grad for v in zero.values())
