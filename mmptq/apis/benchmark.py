@@ -34,6 +34,7 @@ from mmptq.engine import (CalibrationLoop, detached_hooks,
                           install_safe_loader, load_checkpoint_file,
                           load_state_checked, plain_metrics,
                           weight_swapping_hooks)
+from mmptq.models.variants import VARIANTS, apply_variant, split_variant
 from mmptq.version import __version__
 from .runner_setup import build_runner, load_config
 
@@ -71,17 +72,23 @@ class ModelSpec:
     name: str
     config: str
     checkpoint: str
+    #: a state-dict variant applied after loading (``mmptq.models.variants``)
+    variant: Optional[str] = None
 
 
 def demo_models(names: Optional[Sequence[str]] = None) -> List[ModelSpec]:
-    """The demo models (all, or those named), with absolute paths."""
+    """The demo models (all, or those named), with absolute paths;
+    ``<demo>-<variant>`` names a demo with a registered variant
+    (``sam-signflip``, ``mmptq.models.variants``)."""
     names = list(names or DEMO_MODELS)
-    unknown = [n for n in names if n not in DEMO_MODELS]
+    unknown = [n for n in names if split_variant(n)[0] not in DEMO_MODELS]
     if unknown:
         raise ValueError(f'unknown demo model(s) {unknown}; the demo models '
-                         f'are {list(DEMO_MODELS)}')
-    return [ModelSpec(n, str(PACKAGE_DATA / DEMO_MODELS[n][0]),
-                      str(PACKAGE_DATA / DEMO_MODELS[n][1])) for n in names]
+                         f'are {list(DEMO_MODELS)}, their variants '
+                         f'<demo>-{{{",".join(VARIANTS)}}}')
+    return [ModelSpec(n, str(PACKAGE_DATA / DEMO_MODELS[base][0]),
+                      str(PACKAGE_DATA / DEMO_MODELS[base][1]), variant)
+            for n in names for base, variant in [split_variant(n)]]
 
 
 class PeakMemory:
@@ -259,6 +266,9 @@ def run_benchmark(models: Sequence[ModelSpec],
         _restrict_coco_metrics(runner)
         runner.call_hook('before_run')  # as Runner.test(): log files, ...
         ckpt = load_checkpoint_file(spec.checkpoint, unsafe=unsafe_load)
+        if spec.variant:
+            ckpt = dict(ckpt, state_dict=apply_variant(
+                spec.variant, ckpt.get('state_dict', ckpt)))
         # as Runner.load_checkpoint: hooks see the checkpoint (EMAHook
         # copies it into its EMA model), then it loads into the model
         runner.call_hook('after_load_checkpoint', checkpoint=ckpt)

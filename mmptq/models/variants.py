@@ -1,0 +1,95 @@
+"""Model variants derived at load time from a shipped checkpoint.
+
+A variant is a deterministic edit of a checkpoint's state dict, registered
+under a short name (``signflip``) with :func:`register_variant`. A demo
+model's variant is named ``<demo>-<variant>`` (``sam-signflip``: the demo
+``sam`` with ``signflip`` applied after its checkpoint is loaded); no
+checkpoint file is added. Variants keep the FP function (they change what
+quantization sees: signs, scales, outlier channels), so a variant's FP row
+equals its base model's.
+"""
+import re
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+StateDict = Dict[str, Tensor]
+StateVariant = Callable[[StateDict], StateDict]
+
+#: variant name -> function of a state dict (returns a new one)
+VARIANTS: Dict[str, StateVariant] = {}
+
+
+def register_variant(name: str) -> Callable[[StateVariant], StateVariant]:
+    """Register a state-dict variant under ``name`` (a decorator).
+
+    Args:
+        name: the variant's name (no ``-``: ``<demo>-<name>`` names a demo
+            model's variant).
+    """
+    if '-' in name:
+        raise ValueError(f'a variant name has no "-": {name!r}')
+
+    def register(fn: StateVariant) -> StateVariant:
+        if name in VARIANTS:
+            raise KeyError(f'variant {name!r} is already registered')
+        VARIANTS[name] = fn
+        return fn
+
+    return register
+
+
+def split_variant(name: str) -> Tuple[str, Optional[str]]:
+    """``'sam-signflip'`` -> ``('sam', 'signflip')``; a name whose last
+    ``-`` part is no registered variant -> ``(name, None)``."""
+    base, _, variant = name.rpartition('-')
+    return (base, variant) if base and variant in VARIANTS else (name, None)
+
+
+def apply_variant(variant: str, state: StateDict) -> StateDict:
+    """The state dict of ``variant`` derived from ``state`` (unchanged).
+
+    Args:
+        variant: a registered variant name.
+        state: the base model's state dict.
+    """
+    if variant not in VARIANTS:
+        raise KeyError(f'unknown variant {variant!r}; the variants are '
+                       f'{sorted(VARIANTS)}')
+    return VARIANTS[variant](dict(state))
+
+
+@register_variant('signflip')
+def flip_qk_signs(state: StateDict, prefix: str = 'mask_decoder.',
+                  seed: int = 0) -> StateDict:
+    """Flip the sign of a random half of the query / key channels of each
+    attention under ``prefix`` (segment-anything's ``q_proj`` / ``k_proj``
+    pairs), in both projections (weight rows and bias): every product
+    ``q_c k_c``, so ``Q Kᵀ`` of every head, is unchanged, while a key
+    channel's distribution is mirrored (PTQ4SAM's bimodal keys).
+
+    Args:
+        state: the state dict (edited in place and returned).
+        prefix: the attentions under this key prefix.
+        seed: seed of the channel choice (one generator, attentions in key
+            order).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pattern = re.compile(re.escape(prefix) + r'(.*\.)?q_proj\.weight$')
+    keys = sorted(k for k in state if pattern.match(k))
+    if not keys:
+        raise KeyError(f'no attention (q_proj / k_proj) under {prefix!r}')
+    for key in keys:
+        attn = key[:-len('q_proj.weight')]
+        channels = state[key].shape[0]
+        flip = torch.randperm(channels, generator=gen)[:channels // 2]
+        sign = torch.ones(channels)
+        sign[flip] = -1
+        for proj in ('q_proj', 'k_proj'):
+            for name, view in (('weight', (-1, 1)), ('bias', (-1, ))):
+                full = f'{attn}{proj}.{name}'
+                if full in state:
+                    state[full] = state[full] * sign.view(view).to(
+                        state[full].dtype)
+    return state
