@@ -132,6 +132,12 @@ def test_detector_prompts():
     assert torch.equal(pred.bboxes, ref.bboxes)
     assert torch.equal(pred.scores, ref.scores)
     assert torch.equal(pred.labels, ref.labels)
+    # max_prompts: the best boxes only
+    model.max_prompts = 2
+    best = predict(model, batch(img))
+    top = ref.scores.argsort(descending=True)[:2]
+    assert torch.equal(best.bboxes, ref.bboxes[top])
+    assert torch.equal(best.masks, pred.masks[top])
     # a detector that finds nothing: an empty prediction
     det.bbox_head.test_cfg.score_thr = 2.0
     empty = predict(model, batch(img))
