@@ -24,8 +24,8 @@ from mmptq.engine import (detached_hooks, install_safe_loader,
                           is_quantized_checkpoint, load_checkpoint_file,
                           plain_metrics, unwrap, weight_swapping_hooks)
 from mmptq.export import ExportGraph, ExportSummary, export_qdq
-from mmptq.export.runtime import (latency_per_image, ort_session,
-                                  runtime_forward, session_call)
+from mmptq.export.runtime import (latency_per_image, ort_ready,
+                                  ort_session, runtime_forward, session_call)
 from .benchmark import primary_metrics
 from .runner_setup import build_runner, configure_quant_test, load_config
 from .test import prepare_out_path
@@ -117,7 +117,7 @@ def _runtime_cell(runner, graph: ExportGraph, path: str, x: torch.Tensor,
     too with ``torch_latency``); the optimized graph's op counts say what
     fused (QLinearConv, QLinearMatMul, MatMulIntegerToFloat...)."""
     optimized = path.replace('.onnx', '.ort-optimized.onnx')
-    session = ort_session(path, optimized_path=optimized)
+    session = ort_session(ort_ready(path), optimized_path=optimized)
     swapping = weight_swapping_hooks(runner)
     with runtime_forward(graph, session), detached_hooks(runner, swapping):
         metrics = plain_metrics(TestLoop.run(runner.test_loop))
@@ -290,7 +290,7 @@ def random_init_latency(config: str,
         summary = export_qdq(model, (x, ), path,
                              output_names=model.output_names(model(x)))
         optimized = path.replace('.onnx', '.ort-optimized.onnx')
-        session = ort_session(path, optimized_path=optimized)
+        session = ort_session(ort_ready(path), optimized_path=optimized)
         row = dict(model=name, quant=quant, metrics={}, ort_metrics={},
                    ort_ops=_graph_ops(optimized), ort_ms={}, torch_ms={},
                    not_accelerated=[r.name

@@ -125,3 +125,48 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     for node in [n for n in graph.node if n.op_type == 'Constant'
                  and n.output[0] not in used]:
         graph.node.remove(node)
+
+
+def float_weights_for_float_convs(graph: onnx.GraphProto) -> int:
+    """For ONNX Runtime: a ``DQ(W) → Conv`` whose output no QuantizeLinear
+    reads (directly or through one Relu) cannot become a QLinearConv and
+    runs in float, dequantizing W on every run; store Ŵ = (q − z)·s as a
+    float initializer instead (the same float32 values: exact). Returns
+    the number of weights replaced."""
+    consts = _constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    uses = _sole_consumers(graph)
+
+    def quantized(out: str) -> bool:
+        nodes = readers[out]
+        if len(nodes) == 1 and nodes[0].op_type == 'Relu':
+            nodes = readers[nodes[0].output[0]]
+        return bool(nodes) and all(n.op_type == 'QuantizeLinear'
+                                   for n in nodes)
+
+    replaced = []
+    for conv in [n for n in graph.node if n.op_type == 'Conv']:
+        dq = producer.get(conv.input[1])
+        if dq is None or dq.op_type != 'DequantizeLinear' or \
+                uses[dq.output[0]] != 1 or quantized(conv.output[0]) or \
+                not all(i in consts for i in dq.input[:3]):
+            continue
+        codes, scale, zp = (consts[i] for i in dq.input[:3])
+        axis = _attr(dq, 'axis', 1)
+        shape = [1] * codes.ndim
+        if scale.ndim == 1:
+            shape[axis] = -1
+        w = (codes.astype(np.float32) - zp.astype(np.float32).reshape(shape)
+             ) * scale.reshape(shape)
+        name = f'{dq.name or dq.output[0]}/float_weight'
+        graph.initializer.append(numpy_helper.from_array(w, name))
+        conv.input[1] = name
+        replaced.append(dq)
+    for dq in replaced:
+        graph.node.remove(dq)
+    _drop_unused(graph)
+    return len(replaced)

@@ -7,9 +7,11 @@ import time
 from typing import Callable, Iterator, Optional
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
+from .fold import float_weights_for_float_convs
 from .graphs import ExportGraph
 
 
@@ -29,6 +31,20 @@ def ort_session(path: str,
         opts.optimized_model_filepath = optimized_path
     return ort.InferenceSession(path, opts,
                                 providers=['CPUExecutionProvider'])
+
+
+def ort_ready(path: str) -> str:
+    """The graph ONNX Runtime runs best, as ``<path>.ort.onnx``: the
+    convolutions it cannot fuse into QLinearConv (no QuantizeLinear reads
+    their output: before a residual add) get their dequantized weights as
+    float initializers (``fold.float_weights_for_float_convs``, exact);
+    ``path`` itself when there are none."""
+    model = onnx.load(path)
+    if not float_weights_for_float_convs(model.graph):
+        return path
+    out = path[:-len('.onnx')] + '.ort.onnx'
+    onnx.save(model, out)
+    return out
 
 
 def latency_per_image(run: Callable[[], object], batch_size: int,

@@ -228,3 +228,21 @@ def test_batchnorm_fold_negates_channels_in_range(dtype, codes, zp):
     want = -(codes.astype(np.int64) - zp.astype(np.int64)[:, None])
     got = new_codes.astype(np.int64) - new_zp.astype(np.int64)[:, None]
     np.testing.assert_array_equal(got, want)
+
+
+def test_ort_ready_float_weights_for_unfusable_convs(tmp_path):
+    """A Conv whose output no QuantizeLinear reads (features.7: ReLU, then
+    the mean) gets Ŵ as a float initializer; the others keep DQ(codes);
+    the outputs are bit-identical."""
+    from mmptq.export.runtime import ort_ready
+    model, data = quantized_cnn()
+    path = str(tmp_path / 'c.onnx')
+    export_qdq(model, (data[0], ), path)
+    ready = ort_ready(path)
+    assert ready.endswith('.ort.onnx')
+    names = {n.name for n in onnx.load(ready).graph.node}
+    assert 'features.7.weight_quantizer/DequantizeLinear' not in names
+    assert 'features.0.weight_quantizer/DequantizeLinear' in names
+    feed = {'input': data[0].numpy()}
+    np.testing.assert_array_equal(session(ready).run(None, feed)[0],
+                                  session(path).run(None, feed)[0])
