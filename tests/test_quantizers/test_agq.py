@@ -3,6 +3,8 @@ closed form, the τ search against hand-made inputs and against an
 independent numpy re-implementation of the reference's calibration
 (chengtao-lv/PTQ4SAM, LogAvgMSEFastObserver), and its use as the
 ``attn.softmax`` quantizer (it sees V)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,24 @@ def test_softmax_site_sees_v_of_the_attention(cls):
         expected = model.merge(agq[0](probs) @ v_)
         torch.testing.assert_close(qmodel(data[0]), expected)
 
+
+
+@pytest.mark.parametrize('cls', [ExplicitAttention, SDPAAttention])
+def test_quantized_checkpoint_restores_tau(cls):
+    from mmptq.core.restore import quant_meta, restore_quantized
+    torch.manual_seed(0)
+    model = cls().eval()
+    fresh = copy.deepcopy(model)
+    data = [torch.randn(2, 10, 32)]
+    cfg = dict(w_bits=4, a_bits=4,
+               attn=dict(softmax=dict(type='AGQQuantizer', taus=(1, 4))))
+    _, summary = quantize_model(model, cfg, data)
+    restore_quantized(fresh, quant_meta(summary))
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    tau, = [int(m.tau) for m in model.modules()
+            if isinstance(m, AGQQuantizer)]
+    assert tau == 4  # not the initial value: the checkpoint carries it
+    assert [int(m.tau) for m in fresh.modules()
+            if isinstance(m, AGQQuantizer)] == [tau]
+    with torch.no_grad():
+        assert torch.equal(fresh(data[0]), model(data[0]))
