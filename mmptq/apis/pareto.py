@@ -11,7 +11,7 @@ import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
-from mmptq.core import build_units, load_quant_cfg
+from mmptq.core import build_units, extrapolate, load_quant_cfg
 from .benchmark import ModelSpec, markdown_table, run_benchmark
 from .sensitivity import (allocate_bits, config_cost, load_model,
                           measure_sensitivity, openmmlab_loss,
@@ -27,6 +27,7 @@ def run_pareto(spec: ModelSpec,
                candidates: Sequence[int] = (4, 6, 8),
                metric: str = 'bops',
                eval_batches: int = 2,
+               measure: str = 'lowest',
                num_images: Optional[int] = None,
                calib_samples: Optional[int] = None,
                cfg_options: Optional[dict] = None) -> List[dict]:
@@ -44,6 +45,8 @@ def run_pareto(spec: ModelSpec,
         candidates: bit widths the allocation chooses from.
         metric: the budget's metric ('bops', 'size', 'avg_bits').
         eval_batches: batches each op's sensitivity is measured on.
+        measure: 'lowest' (measure at the lowest candidate, extrapolate
+            the others) or 'each'.
         num_images: evaluate the first N test images only.
         calib_samples: calibration images.
         cfg_options: overrides of the config.
@@ -51,8 +54,9 @@ def run_pareto(spec: ModelSpec,
     model, batches, base = load_model(spec, quant_cfg, work_dir,
                                       calib_samples, cfg_options)
     base = dict(base)
+    measured = candidates if measure == 'each' else sorted(candidates)[:1]
     results = [measure_sensitivity(model, batches, base, b, eval_batches,
-                                   openmmlab_loss) for b in candidates]
+                                   openmmlab_loss) for b in measured]
     for res in results:
         write_sensitivity(res, work_dir, f'sensitivity_{res.bits}bit')
     files: Dict[str, str] = {}
@@ -65,14 +69,16 @@ def run_pareto(spec: ModelSpec,
         files[name] = osp.join(work_dir, f'mixed_{metric}_{budget}.py')
         allocate_bits(model, batches, dict(base, mixed_precision=dict(
             budget=budget, candidates=tuple(candidates), metric=metric,
-            eval_batches=eval_batches)), files[name], openmmlab_loss,
+            eval_batches=eval_batches, measure=measure)), files[name],
+            openmmlab_loss,
             results)
     del model
     rows = run_benchmark([spec], list(files.values()), work_dir,
                          num_images=num_images, calib_samples=calib_samples,
                          cfg_options=cfg_options)
-    units = build_units(sensitivity_table(results), tuple(candidates),
-                        'bops', 'noise')
+    table = sensitivity_table(results)
+    extrapolate(table, tuple(candidates))
+    units = build_units(table, tuple(candidates), 'bops', 'noise')
     first_op = results[0].summary.first_op
     names = {path: name for name, path in files.items()}
     for row in rows:

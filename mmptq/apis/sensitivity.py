@@ -25,7 +25,7 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from mmptq.core import (LayerRules, QuantSummary, Unit, allocate,
-                        budget_cost, build_units, load_quant_cfg,
+                        budget_cost, build_units, extrapolate, load_quant_cfg,
                         merge_quant_cfg, op_sensitivity, parse_uniform,
                         quant_ops, quantize_model, resolve_quant_cfg,
                         run_batch, to_overrides, total_params)
@@ -205,7 +205,8 @@ def allocate_bits(model: nn.Module,
                   results: Optional[Sequence[SensitivityResult]] = None
                   ) -> Allocation:
     """Resolve ``quant_cfg.mixed_precision`` on ``model``: per-op
-    sensitivity at each candidate bit width, the integer program under the
+    sensitivity at the candidate bit widths (``measure``), the integer
+    program under the
     budget, and the quant_cfg with one override per layer / attention host
     (its ``mixed_precision`` cleared, ``attn.bits`` cleared so that the
     overrides set the attention bits).
@@ -216,7 +217,8 @@ def allocate_bits(model: nn.Module,
         quant_cfg: a quant_cfg with ``mixed_precision``.
         out_file: write the quant_cfg there (a config file).
         loss: see :func:`measure_sensitivity`.
-        results: sensitivity already measured at every candidate (reused).
+        results: sensitivity already measured (reused; the candidates
+            not measured are extrapolated).
     """
     cfg = resolve_quant_cfg(quant_cfg)
     mp = cfg['mixed_precision']
@@ -227,11 +229,14 @@ def allocate_bits(model: nn.Module,
     if objective == 'loss' and loss is None:
         raise ValueError("mixed_precision.objective='loss' needs a model "
                          'with a task loss and labelled calibration data')
+    measured = mp['candidates'] if mp['measure'] == 'each' else \
+        mp['candidates'][:1]
     results = list(results or [
         measure_sensitivity(model, batches, cfg, b, mp['eval_batches'], loss)
-        for b in mp['candidates']])
-    units = build_units(sensitivity_table(results), mp['candidates'],
-                        mp['metric'], objective)
+        for b in measured])
+    table = sensitivity_table(results)
+    extrapolate(table, mp['candidates'])
+    units = build_units(table, mp['candidates'], mp['metric'], objective)
     uniform = parse_uniform(mp['budget'])
     rules = None
     if uniform is not None:

@@ -5,8 +5,8 @@ from .config import (DEFAULT_QUANT_CFG, LayerRules, QuantConfig,
                      merge_quant_cfg, model_options, quant_options,
                      resolve_quant_cfg)
 from .mixed_precision import (Unit, allocate, budget_cost, build_units,
-                              check_mixed_precision, parse_uniform,
-                              to_overrides, total_params)
+                              check_mixed_precision, extrapolate,
+                              parse_uniform, to_overrides, total_params)
 from .presets import PACKAGE_DATA, list_presets, load_quant_cfg
 from .quantize import (calibrate, discover, find_quantizers, freeze, prepare,
                        quantize_model, run_batch)
@@ -21,6 +21,7 @@ __all__ = [
     'find_quantizers', 'freeze', 'prepare', 'quantize_model', 'run_batch',
     'META_KEY', 'quant_meta', 'restore_quantized',
     'QuantSummary', 'Unit', 'allocate', 'budget_cost', 'build_units',
-    'check_mixed_precision', 'parse_uniform', 'to_overrides', 'total_params',
+    'check_mixed_precision', 'extrapolate', 'parse_uniform', 'to_overrides',
+    'total_params',
     'QuantOp', 'only', 'op_sensitivity', 'quant_ops'
 ]

@@ -28,10 +28,14 @@ SOLVERS = ('milp', 'greedy')
 #: in the metric's unit (GBOPs per image, MiB, bits) or a uniform setting
 #: 'W5A5' (the cost of the same quant_cfg at those bits); ``objective``:
 #: the summed sensitivity is of the output noise ratio ('noise') or of the
-#: task-loss increase ('loss', clipped at 0; noisier on a few images)
+#: task-loss increase ('loss', clipped at 0; noisier on a few images);
+#: ``measure``: 'lowest' (calibrate once, at the lowest candidate, and
+#: extrapolate the others: :func:`extrapolate`) or 'each' (calibrate and
+#: measure at every candidate)
 MIXED_PRECISION_DEFAULTS: Dict = dict(
     budget=None, candidates=(4, 6, 8), metric='bops', objective='noise',
-    solver='milp', eval_batches=2)
+    solver='milp', eval_batches=2, measure='lowest')
+MEASURES = ('lowest', 'each')
 _UNIFORM = re.compile(r'[wW](\d+)[aA](\d+)')
 
 
@@ -73,7 +77,7 @@ def check_mixed_precision(value) -> Optional[dict]:
         {check_bits(b, 'quant_cfg.mixed_precision.candidates')
          for b in cands}))
     for key, allowed in (('metric', METRICS), ('objective', OBJECTIVES),
-                         ('solver', SOLVERS)):
+                         ('solver', SOLVERS), ('measure', MEASURES)):
         if cfg[key] not in allowed:
             raise ValueError(f'quant_cfg.mixed_precision.{key}={cfg[key]!r} '
                              f'is not one of {allowed}')
@@ -141,6 +145,25 @@ def build_units(ops: Sequence[dict], candidates: Sequence[int], metric: str,
             costs.append(op_cost(members, w, a, metric))
         units.append(Unit(name, options, values, costs, members))
     return units
+
+
+def extrapolate(ops: Sequence[dict], candidates: Sequence[int]) -> None:
+    """Fill in place the sensitivity of the op rows at the ``candidates``
+    not measured, from the lowest measured bit width b0: the noise power of
+    a uniform quantizer scales with its step², i.e. by 4^(b0 − b) (−6.02 dB
+    per bit), and so does the loss increase, second order in the
+    perturbation (HAWQ: Ω = Tr(H)·‖ΔW‖²)."""
+    for op in ops:
+        sens = op['sensitivity']
+        b0 = min(sens)
+        for b in candidates:
+            if b in sens:
+                continue
+            f = 4.0**(b0 - b)
+            loss = sens[b0]['loss_increase']
+            sens[b] = dict(noise=sens[b0]['noise'] * f,
+                           sqnr=sens[b0]['sqnr'] + 6.0206 * (b - b0),
+                           loss_increase=None if loss is None else loss * f)
 
 
 def _value(op: dict, bits: int, objective: str) -> float:

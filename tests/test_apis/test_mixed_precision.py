@@ -14,7 +14,7 @@ import pytest
 from mmptq.apis import load_quant_cfg, quantize_model, resolve_quant_cfg
 from mmptq.apis.sensitivity import (allocate_bits, config_cost,
                                     measure_sensitivity, write_sensitivity)
-from mmptq.core import Unit, allocate
+from mmptq.core import Unit, allocate, extrapolate
 from mmptq.core.mixed_precision import solve_greedy, solve_milp
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
@@ -85,12 +85,17 @@ def mp_cfg(**mp):
                 mixed_precision=dict(dict(budget='W5A5'), **mp))
 
 
-@pytest.mark.parametrize('metric', ['bops', 'size', 'avg_bits'])
-def test_fragile_layer_gets_more_bits(metric, tmp_path):
+@pytest.mark.parametrize('metric, measure', [
+    ('bops', 'lowest'), ('bops', 'each'), ('size', 'lowest'),
+    ('avg_bits', 'lowest')])
+def test_fragile_layer_gets_more_bits(metric, measure, tmp_path):
     model = FragileMLP().eval()
     data = batches()
     out = tmp_path / 'mp.py'
-    alloc = allocate_bits(model, data, mp_cfg(metric=metric), str(out))
+    alloc = allocate_bits(model, data, mp_cfg(metric=metric,
+                                              measure=measure), str(out))
+    assert [r.bits for r in alloc.results] == \
+        ([4, 6, 8] if measure == 'each' else [4])
     assert alloc.solver == 'milp'
     assert alloc.cost <= alloc.budget * (1 + 1e-9)
     bits = {u.name: u.options[j] for u, j in zip(alloc.units, alloc.choice)}
@@ -133,6 +138,21 @@ def test_written_quant_cfg_round_trips(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [alloc.quant_cfg['overrides'][0]['name'],
                                    'None']
+
+
+def test_extrapolate():
+    """Bits not measured: noise and loss increase ×4^(b0 − b), SQNR +6.02
+    dB per bit; measured ones are kept."""
+    rows = [dict(sensitivity={4: dict(noise=0.16, sqnr=7.96, loss_increase=
+                                      0.32),
+                              8: dict(noise=1e-9, sqnr=90.0,
+                                      loss_increase=None)})]
+    extrapolate(rows, (4, 5, 6, 8))
+    sens = rows[0]['sensitivity']
+    assert sens[5]['noise'] == pytest.approx(0.04)
+    assert sens[6]['loss_increase'] == pytest.approx(0.02)
+    assert sens[6]['sqnr'] == pytest.approx(7.96 + 2 * 6.0206)
+    assert sens[8]['noise'] == 1e-9
 
 
 def test_sensitivity_report(tmp_path):
@@ -180,9 +200,9 @@ def test_tool_sensitivity_and_allocation(tmp_path):
          '--size', '32', '32', '--calib-batches', '2', '--work-dir',
          str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for bits in (4, 8):
-        for ext in ('md', 'json', 'png'):
-            assert (tmp_path / f'sensitivity_{bits}bit.{ext}').is_file()
+    for ext in ('md', 'json', 'png'):  # measured at 4 bits only
+        assert (tmp_path / f'sensitivity_4bit.{ext}').is_file()
+    assert not (tmp_path / 'sensitivity_8bit.md').exists()
     rows = json.loads((tmp_path / 'sensitivity_4bit.json').read_text())
     kinds = {r['layer_kind'] for r in rows['rows']}
     assert {'linear', 'qk', 'softmax', 'av'} <= kinds or 'sdpa' in kinds
