@@ -11,8 +11,8 @@ from mmengine.logging import print_log
 from mmengine.runner import BaseLoop, TestLoop
 from torch import nn
 
-from mmptq.core import (QuantConfig, QuantSummary, quantize_model,
-                        resolve_quant_cfg)
+from mmptq.core import (META_KEY, QuantConfig, QuantSummary,
+                        quantize_model, resolve_quant_cfg)
 from mmptq.registry import LOOPS
 from mmptq.utils.files import prepare_out_path
 from .calib_data import build_calib_dataloader
@@ -189,6 +189,8 @@ class QuantTestLoop(TestLoop):
                       'the model was built with', logger='current', level=30)
         quantized = checkpoint is not None and \
             is_quantized_checkpoint(checkpoint)
+        if quantized and self.quant_cfg is not None:
+            self._check_same_quant_cfg(checkpoint)
         if not quantized:
             if checkpoint is not None:
                 load_state_checked(model,
@@ -216,12 +218,24 @@ class QuantTestLoop(TestLoop):
             return self._run_quantized(model, checkpoint, quantized,
                                        fp_metrics, timings)
 
+    def _check_same_quant_cfg(self, checkpoint: dict) -> None:
+        """A quantized checkpoint is evaluated with the setting it was made
+        with: a quant_cfg given beside it (``--quant-cfg``, the config's)
+        must be that setting (``calib`` aside: calibration is done)."""
+        made = resolve_quant_cfg(checkpoint['meta'][META_KEY]['quant_cfg'])
+        differ = sorted(k for k in set(made) | set(self.quant_cfg)
+                        if k != 'calib'
+                        and made.get(k) != self.quant_cfg.get(k))
+        if differ:
+            raise ValueError(
+                f'{self.checkpoint} is a quantized checkpoint whose quant_cfg '
+                f'differs from the one given (--quant-cfg or the config\'s '
+                f'quant_cfg) in {differ}: evaluate it without --quant-cfg, or '
+                f'quantize the FP checkpoint with the new setting')
+
     def _run_quantized(self, model, checkpoint, quantized: bool,
                        fp_metrics: Optional[dict], timings: dict) -> dict:
         if quantized:
-            if self.quant_cfg is not None:
-                print_log('mmptq: the checkpoint is quantized; its own '
-                          'quant_cfg is used', logger='current', level=30)
             summary = load_quantized_checkpoint(model, checkpoint,
                                                 self.checkpoint)
         else:

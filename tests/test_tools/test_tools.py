@@ -347,19 +347,26 @@ def test_config_with_own_quant_cfg(cls):
 
 def test_quantized_checkpoint_keeps_its_quant_cfg(cls, cls_skip_head):
     """A quantized checkpoint is restored with the quant_cfg it was made
-    with; a --quant-cfg given beside it is ignored with a warning."""
+    with; the same setting given beside it is accepted, another one is an
+    error before anything is loaded into the model."""
     work_dir = osp.join(cls.root, 'restored')
-    proc = ok(run_tool('test', cls.cfg, cls_skip_head, '--quant-cfg', 'w4a4',
-                       '--work-dir', work_dir))
-    assert CALIBRATING not in proc.output
-    assert 'the checkpoint is quantized; its own quant_cfg is used' \
-        in proc.output
+    ok(run_tool('test', cls.cfg, cls_skip_head, '--quant-cfg',
+                osp.join(cls.root, 'skip_head.py'), '--calib-samples', 8,
+                '--work-dir', work_dir))
     res = results(work_dir)
     assert res['quant_cfg']['w_bits'] == 8
     rows = {r['name']: r for r in res['summary']}
     assert rows['head.layers.head']['reason'] == 'skipped by override'
     assert rows['backbone.layers.0.attn.qkv']['status'] == 'quantized'
     assert 'accuracy/top1' in res['metrics']
+    proc = run_tool('test', cls.cfg, cls_skip_head, '--quant-cfg', 'w4a4',
+                    '--work-dir', osp.join(cls.root, 'restored_w4a4'))
+    failed(proc, f'ValueError: {cls_skip_head} is a quantized checkpoint '
+           "whose quant_cfg differs from the one given (--quant-cfg or the "
+           "config's quant_cfg) in ['a_bits', 'overrides', 'w_bits', "
+           "'weight']: evaluate it without --quant-cfg, or quantize the FP "
+           'checkpoint with the new setting')
+    assert CALIBRATING not in proc.output
 
 
 # -------------------------------------------------------------- bad input
