@@ -80,6 +80,9 @@ def runtime_forward(graph: ExportGraph,
                          'segmentors run through a session')
     model, head = graph.model, graph.head
     name = session.get_inputs()[0].name
+    if graph.kind == 'detector':  # levels per head output: out<i>_level<j>
+        heads = [o.name.split('_')[0] for o in session.get_outputs()]
+        graph.levels = [heads.count(h) for h in dict.fromkeys(heads)]
 
     def forward(x, *args, **kwargs):
         outs = session.run(None, {name: np.ascontiguousarray(x.numpy())})
