@@ -6,9 +6,9 @@
 #    its scale searched on the error after attn·V (AGQQuantizer);
 #  - weights: per output channel, asymmetric, step × zero point grid search
 #    (L2.4, MSEGridObserver), rounding learned (AdaRound) in reconstruction;
-#  - activations (Linear inputs, q / k / v): per tensor, asymmetric,
-#    min / max (the reference averages the per-batch min / max), steps
-#    learned (LSQ) in reconstruction;
+#  - activations (Linear inputs, q / k / v): per tensor, asymmetric, the
+#    mean of the per-batch min / max (AvgMinMaxObserver, as the
+#    reference), steps learned (LSQ) in reconstruction;
 #  - QDrop block reconstruction with the reference's settings: 20,000
 #    iterations per block, one image per iteration, p = 0.5, Adam 4e-5 on
 #    the steps and 1e-3 on the rounding, rounding weight 0.01, beta 20 -> 2
@@ -30,7 +30,7 @@ quant_cfg = dict(
     act=dict(
         type='UniformQuantizer',
         granularity='tensor',
-        observer=dict(type='MinMaxObserver')),
+        observer=dict(type='AvgMinMaxObserver')),
     attn=dict(matmul=True, softmax=dict(type='AGQQuantizer')),
     transforms=[dict(type='BimodalIntegration')],
     reconstruction=dict(type='QDropReconstruction', batch_size=1),

@@ -42,6 +42,17 @@ class MinMaxObserver(BaseObserver):
         self._set_synced(lo, -neg_hi, total)
 
 
+@OBSERVERS.register_module()
+class AvgMinMaxObserver(MinMaxObserver):
+    """lo, hi = the mean over batches of each batch's min and max: QDrop's
+    and PTQ4SAM's activation observer (``AvgMinMaxObserver`` in their
+    quantization/observer.py). The running mean and its distributed sync
+    are ``BaseObserver``'s."""
+
+    accumulate = BaseObserver.accumulate
+    sync = BaseObserver.sync
+
+
 class EMAMixin:
     """m ← m + μ·(m_batch − m) after the first batch, which sets m
     (FQ-ViT's EMA with μ = ``momentum`` = 0.01)."""

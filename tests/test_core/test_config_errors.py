@@ -112,7 +112,7 @@ def test_unknown_observer_names_its_key(cfg, key):
         resolve_quant_cfg(cfg)
     assert str(e.value) == (
         f"quant_cfg.{key}: unknown observer type 'MinMaxObs'; did you mean: "
-        'MinMaxObserver, EMAMinMaxObserver, MSEGridObserver?')
+        'MinMaxObserver, EMAMinMaxObserver, AvgMinMaxObserver?')
 
 
 def test_unknown_quantizer_names_its_key():

@@ -107,7 +107,8 @@ PRESET_CLAIMS = {
     'w4a4': (None, dict(w_bits=4, a_bits=4,
                         overrides=[dict(first_op=True, a_bits=8)])),
     # PTQ4SAM: "BIG ... AGQ ... weights per output channel, asymmetric,
-    # MSEGridObserver ... activations per tensor, asymmetric, min / max ...
+    # MSEGridObserver ... activations per tensor, asymmetric, the mean of
+    # the per-batch min / max (AvgMinMaxObserver) ...
     # QDrop ... one image per iteration ... 32 images, one per batch,
     # parallel ... FP: SAM's patch embedding and the mask decoder's
     # output_upscaling, iou_prediction_head and output_hypernetworks_mlps"
@@ -116,7 +117,7 @@ PRESET_CLAIMS = {
         weight=dict(type='UniformQuantizer', granularity='channel',
                     observer=dict(type='MSEGridObserver')),
         act=dict(type='UniformQuantizer', granularity='tensor',
-                 observer=MINMAX),
+                 observer=dict(type='AvgMinMaxObserver')),
         attn__softmax=dict(type='AGQQuantizer'),
         transforms=[dict(type='BimodalIntegration')],
         reconstruction=dict(type='QDropReconstruction', batch_size=1),
@@ -130,7 +131,7 @@ PRESET_CLAIMS = {
     'ptq4sam_w4a4_agq-only': ('ptq4sam_w4a4', dict(transforms=[])),
     'ptq4sam_w4a4_big-only': ('ptq4sam_w4a4', dict(
         attn__softmax=dict(type='UniformQuantizer', granularity='tensor',
-                           observer=MINMAX))),
+                           observer=dict(type='AvgMinMaxObserver')))),
     # RepQ-ViT: w4a4 with percentile-searched weights and the
     # reparameterization (per-tensor percentile-searched activations,
     # log-sqrt2 softmax and sequential calibration are the defaults)

@@ -16,7 +16,8 @@ import torch
 import mmptq  # noqa: F401  (registration)
 import mmptq.observers.base as obs_base
 import mmptq.observers.search as obs_search
-from mmptq.observers import (EMAMinMaxObserver, MinMaxObserver, MSEObserver,
+from mmptq.observers import (AvgMinMaxObserver, EMAMinMaxObserver,
+                             MinMaxObserver, MSEObserver,
                              OMSEObserver, PercentileObserver,
                              PercentileSearchObserver, quantile_rows)
 from mmptq.quantizers import Log2Quantizer, UniformQuantizer
@@ -96,6 +97,28 @@ def ref_quantile(sorted_row, q):
 # ---------------------------------------------------------------------------
 # MinMax / EMA / Percentile
 # ---------------------------------------------------------------------------
+def test_avg_minmax_is_the_mean_of_batch_ranges():
+    """Per tensor: batch ranges [-1, 5], [-2, 7], [-0.5, 3.7] → the means
+    lo = -3.5 / 3, hi = 15.7 / 3; per channel likewise per row."""
+    batches = [
+        torch.tensor([[0.5, -1.0, 2.0], [3.0, 4.0, 5.0]]),
+        torch.tensor([[0.1, 0.2, 7.0], [-2.0, 4.5, 4.9]]),
+        torch.tensor([[-0.5, 0.0, 1.0], [3.5, 3.6, 3.7]]),
+    ]
+    q = calibrate(UniformQuantizer(bits=8, observer=dict(
+        type='AvgMinMaxObserver')), *batches)
+    lo, hi = q.observer.range()
+    torch.testing.assert_close(lo, torch.tensor([-3.5 / 3]))
+    torch.testing.assert_close(hi, torch.tensor([15.7 / 3]))
+    obs = AvgMinMaxObserver()
+    for batch in batches:
+        obs.update(batch, None)
+    torch.testing.assert_close(obs.range()[0],
+                               torch.tensor([-1.4 / 3, 4.5 / 3]))
+    torch.testing.assert_close(obs.range()[1],
+                               torch.tensor([10.0 / 3, 13.6 / 3]))
+
+
 def test_minmax_over_batches_is_global_minmax():
     batches = [
         torch.tensor([[0.5, -1.0, 2.0], [3.0, 4.0, 5.0]]),
