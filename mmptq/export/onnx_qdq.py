@@ -64,6 +64,7 @@ class QuantizerExport:
         granularity: 'tensor', 'channel' or 'group'.
         reason: why it is not 'qdq'.
         nodes: the ONNX nodes it became.
+        dtype: 'int8' or 'uint8', the type of its codes ('qdq').
     """
     name: str
     quantizer: str
@@ -73,6 +74,7 @@ class QuantizerExport:
     granularity: str
     reason: str = ''
     nodes: List[str] = field(default_factory=list)
+    dtype: str = ''
 
     @property
     def accelerated(self) -> bool:
@@ -114,6 +116,13 @@ class ExportSummary:
                 f'{": " + r.reason if r.reason else ""}): '
                 f'{len(r.nodes)} nodes {r.nodes[:4]}'
                 f'{" ..." if len(r.nodes) > 4 else ""}' for r in slow]
+        unsigned = [r for r in self.rows
+                    if r.role == 'weight' and r.dtype == 'uint8']
+        if unsigned:
+            lines.append(
+                f'  {len(unsigned)} weights are uint8 (asymmetric): ONNX '
+                f'Runtime\'s int8 kernels are fastest with int8 weights '
+                f'(u8 x s8 dot products): quant_cfg weight.symmetric=True')
         if self.in_python:
             lines.append(f'  in Python: {self.in_python}')
         return '\n'.join(lines)
@@ -314,7 +323,9 @@ def plan_export(model: nn.Module) -> List[QuantizerExport]:
         rows.append(QuantizerExport(
             name=name, quantizer=type(q).__name__, role=role, mode=mode,
             bits=q.bits, granularity=getattr(q, 'granularity', 'tensor'),
-            reason=reason if mode == 'float' else ''))
+            reason=reason if mode == 'float' else '',
+            dtype=str(_code_dtype(q)).split('.')[-1] if mode == 'qdq'
+            else ''))
     return rows
 
 

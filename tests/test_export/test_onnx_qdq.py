@@ -116,6 +116,9 @@ def test_conv_net_w8a8(tmp_path):
     model, data = quantized_cnn()
     summary = check_against_fake_quant(model, data[0], str(tmp_path / 'c.onnx'))
     assert {r.mode for r in summary.rows} == {'qdq'}
+    # the default weights: asymmetric uint8, which the summary flags
+    assert {r.dtype for r in summary.rows if r.role == 'weight'} == {'uint8'}
+    assert 'weight.symmetric=True' in summary.table()
     graph = onnx.load(str(tmp_path / 'c.onnx')).graph
     ops = [n.op_type for n in graph.node]
     # DQ → Conv → BN folded into DQ(W') → Conv, as ORT needs to fuse it
