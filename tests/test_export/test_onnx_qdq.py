@@ -249,3 +249,13 @@ def test_ort_ready_float_weights_for_unfusable_convs(tmp_path):
     feed = {'input': data[0].numpy()}
     np.testing.assert_array_equal(session(ready).run(None, feed)[0],
                                   session(path).run(None, feed)[0])
+
+
+def test_log_int_softmax_is_named_where_it_fails(tmp_path):
+    """FQ-ViT's Log-Int-Softmax calls torch.frexp, which the exporter does
+    not map: the error names the op and the quantizer's module path."""
+    _, model, _, data = quantized_vit(
+        attn=dict(softmax=dict(type='LISQuantizer')))
+    with pytest.raises(ExportError, match=r"frexp in 'blocks\.0\.attn\."
+                       r"attn_quantizer\.sites\.1\.quantizer'"):
+        export_qdq(model, (data[0], ), str(tmp_path / 'x.onnx'))
