@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 from mmptq.nn.attention import MATMULS
 from mmptq.registry import MODEL_TRANSFORMS
 from .base import BaseTransform, TransformContext
-from .graph import REARRANGE, _tensors, _Tags
+from .graph import REARRANGE, TensorTags, tensors_in
 
 #: ops that scale by a number: a per-channel sign commutes with them
 SCALAR_OPS = {'mul', '__mul__', '__rmul__', 'div', '__truediv__'}
@@ -65,16 +65,16 @@ class _Trace:
 
 class _QKMode(TorchFunctionMode):
 
-    def __init__(self, tags: _Tags, trace: _Trace) -> None:
+    def __init__(self, tags: TensorTags, trace: _Trace) -> None:
         super().__init__()
         self.tags, self.trace = tags, trace
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        inputs = _tensors((args, kwargs))
+        inputs = tensors_in((args, kwargs))
         tagged = [n for n in map(self.tags.get, inputs) if n]
-        outs = _tensors(out)
+        outs = tensors_in(out)
         name = getattr(func, '__name__', str(func))
         in_place = name == '__setitem__' or (name.endswith('_')
                                              and not name.startswith('__'))
@@ -100,7 +100,7 @@ def trace_qk(model: nn.Module, run: Callable[[], object]) -> _Trace:
     of a tagged tensor is an *other* use."""
     names = {m: n for n, m in model.named_modules()
              if isinstance(m, nn.Linear)}
-    tags, trace = _Tags(), _Trace()
+    tags, trace = TensorTags(), _Trace()
     handles = [m.register_forward_hook(
         lambda mod, args, out: tags.add(out, names[mod])) for m in names]
     try:

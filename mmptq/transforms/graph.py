@@ -53,17 +53,17 @@ class NormUse:
         return ''
 
 
-def _tensors(obj) -> List[Tensor]:
+def tensors_in(obj) -> List[Tensor]:
     if isinstance(obj, Tensor):
         return [obj]
     if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
+        return [t for o in obj for t in tensors_in(o)]
     if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
+        return [t for o in obj.values() for t in tensors_in(o)]
     return []
 
 
-class _Tags:
+class TensorTags:
     """tensor → norm name, forgotten when the tensor is freed."""
 
     def __init__(self) -> None:
@@ -101,7 +101,7 @@ def _rows_of(x: Tensor, y: Tensor) -> tuple:
 
 class _TraceMode(TorchFunctionMode):
 
-    def __init__(self, tags: _Tags, uses: Dict[str, NormUse],
+    def __init__(self, tags: TensorTags, uses: Dict[str, NormUse],
                  stack: List[nn.Module]) -> None:
         super().__init__()
         self.tags, self.uses, self.stack = tags, uses, stack
@@ -113,10 +113,10 @@ class _TraceMode(TorchFunctionMode):
         if self.paused:
             return out
         tagged: Set[str] = {
-            n for n in map(self.tags.get, _tensors((args, kwargs))) if n}
+            n for n in map(self.tags.get, tensors_in((args, kwargs))) if n}
         if not tagged:
             return out
-        outs = _tensors(out)
+        outs = tensors_in(out)
         name = getattr(func, '__name__', str(func))
         in_place = name == '__setitem__' or (name.endswith('_')
                                              and not name.startswith('__'))
@@ -144,7 +144,7 @@ def trace_norm_uses(model: nn.Module, run: Callable[[], object]
     names = {m: n for n, m in model.named_modules()}
     norms = {m for m in names if isinstance(m, nn.LayerNorm)
              and len(m.normalized_shape) == 1 and m.elementwise_affine}
-    tags, stack = _Tags(), []
+    tags, stack = TensorTags(), []
     uses = {names[m]: NormUse(names[m]) for m in norms}
     outputs: Dict[str, Tensor] = {}
     mode = _TraceMode(tags, uses, stack)
