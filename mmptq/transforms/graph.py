@@ -54,6 +54,7 @@ class NormUse:
 
 
 def tensors_in(obj) -> List[Tensor]:
+    """The tensors in ``obj`` and its nested lists, tuples and dicts."""
     if isinstance(obj, Tensor):
         return [obj]
     if isinstance(obj, (list, tuple)):
@@ -64,7 +65,8 @@ def tensors_in(obj) -> List[Tensor]:
 
 
 class TensorTags:
-    """tensor → norm name, forgotten when the tensor is freed."""
+    """tensor → the name it is tagged with (a norm's, a projection's),
+    forgotten when the tensor is freed."""
 
     def __init__(self) -> None:
         self.names: Dict[int, str] = {}
