@@ -197,6 +197,8 @@ class BoxPromptSAM(BaseDetector):
             if detector_checkpoint:
                 load_checkpoint(self.detector, detector_checkpoint,
                                 map_location='cpu', strict=True)
+                # the Runner's init_weights (training) must not re-init it
+                self.detector._is_init = True
         if sam_checkpoint:
             self.load_sam_checkpoint(sam_checkpoint)
 

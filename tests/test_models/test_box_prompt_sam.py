@@ -245,7 +245,8 @@ def test_checkpoint_loaded_safely(tmp_path):
 
 def test_detector_checkpoint(tmp_path):
     """A Runner checkpoint of the detector (numpy in its meta, which
-    mmptq's safe loader allows) loads into ``detector`` when built."""
+    mmptq's safe loader allows) loads into ``detector`` when built, and
+    ``init_weights`` (the Runner's, before training) keeps it."""
     det = tiny(detector=TINY_DETECTOR, seed=1).detector
     path = str(tmp_path / 'det.pth')
     torch.save(dict(state_dict=det.state_dict(),
@@ -255,6 +256,7 @@ def test_detector_checkpoint(tmp_path):
         model = tiny(detector=TINY_DETECTOR, detector_checkpoint=path)
     finally:
         CheckpointLoader.register_scheme('', previous, force=True)
+    model.init_weights()  # as the Runner before training: kept
     for key, value in det.state_dict().items():
         assert torch.equal(model.detector.state_dict()[key], value), key
 
