@@ -54,6 +54,8 @@ DEMO_MODELS: Dict[str, tuple] = {
               'checkpoints/demo/hivit-mini_mnist-cls.pth'),
     'segformer': ('configs/demo/segformer_mit-mini_mnist-seg.py',
                   'checkpoints/demo/segformer_mit-mini_mnist-seg.pth'),
+    'sam': ('configs/demo/sam-mini_mnist-det.py',
+            'checkpoints/demo/sam-mini_mnist-det.pth'),
 }
 
 #: evaluator key -> (column name, factor to points). COCO APs are reported
