@@ -26,9 +26,9 @@ from mmptq.engine import (detached_hooks, install_safe_loader,
 from mmptq.export import ExportGraph, ExportSummary, export_qdq
 from mmptq.export.runtime import (latency_per_image, ort_ready,
                                   ort_session, runtime_forward, session_call)
+from mmptq.utils.files import prepare_out_path
 from .benchmark import primary_metrics
 from .runner_setup import build_runner, configure_quant_test, load_config
-from .test import prepare_out_path
 
 
 def example_input(runner, batch_size: int = 1) -> torch.Tensor:
