@@ -110,28 +110,34 @@ def _graph_ops(path: str) -> Dict[str, int]:
     return dict(Counter(n.op_type for n in onnx.load(path).graph.node))
 
 
-def _runtime_cell(runner, graph: ExportGraph, path: str, x: torch.Tensor,
-                  repeats: int, torch_latency: bool) -> dict:
+def _runtime_cell(runner, graph: ExportGraph, path: str) -> tuple:
     """Metrics of the config's evaluator on ``graph``'s ONNX file ``path``
-    run by ONNX Runtime, and latency per image at batch 1 and 8 (of torch
-    too with ``torch_latency``); the optimized graph's op counts say what
-    fused (QLinearConv, QLinearMatMul, MatMulIntegerToFloat...)."""
+    run by ONNX Runtime, with the optimized graph's op counts (what fused:
+    QLinearConv, QLinearMatMul, MatMulIntegerToFloat...); and the
+    session."""
     optimized = path.replace('.onnx', '.ort-optimized.onnx')
     session = ort_session(ort_ready(path), optimized_path=optimized)
     swapping = weight_swapping_hooks(runner)
     with runtime_forward(graph, session), detached_hooks(runner, swapping):
         metrics = plain_metrics(TestLoop.run(runner.test_loop))
-    cell = dict(ort_metrics=metrics, ort_ops=_graph_ops(optimized),
-                ort_ms={}, torch_ms={})
+    return dict(ort_metrics=metrics, ort_ops=_graph_ops(optimized),
+                ort_ms={}, torch_ms={}), session
+
+
+def _time_rows(rows: List[dict], sessions: list, fp: torch.nn.Module,
+               x: torch.Tensor, repeats: int) -> None:
+    """Fill each row's ``ort_ms`` (its session) and the first (FP) row's
+    ``torch_ms`` (the module ``fp``): ms per image at batch 1 and 8, the
+    sessions and torch timed in interleaved rounds."""
     for batch in (1, 8):
         xb = x.repeat(batch, *([1] * (x.dim() - 1)))
-        cell['ort_ms'][batch] = latency_per_image(
-            session_call(session, xb), batch, repeats)
-        if torch_latency:
-            with torch.no_grad():
-                cell['torch_ms'][batch] = latency_per_image(
-                    lambda xb=xb: graph(xb), batch, repeats)
-    return cell
+        calls = {i: session_call(s, xb) for i, s in enumerate(sessions)}
+        calls['torch'] = lambda xb=xb: fp(xb)
+        with torch.no_grad():
+            ms = latency_per_image(calls, batch, repeats)
+        for i, row in enumerate(rows):
+            row['ort_ms'][batch] = ms[i]
+        rows[0]['torch_ms'][batch] = ms['torch']
 
 
 def _runtime_runner(spec, quant_cfg: Optional[QuantConfig], work_dir: str,
@@ -164,7 +170,8 @@ def runtime_benchmark(models: Sequence,
     its QDQ graph in ORT (int8 kernels where ORT fuses the QDQ groups).
     Each row: the evaluator's metrics in torch and in ORT, latency per
     image in ms (median of ``repeats`` calls after 2 warm-up calls, batch
-    1 and 8), the optimized graph's op counts.
+    1 and 8; a model's sessions and torch timed in interleaved rounds),
+    the optimized graph's op counts.
 
     Args:
         models: ``ModelSpec``s (config, FP checkpoint).
@@ -188,11 +195,12 @@ def runtime_benchmark(models: Sequence,
         for hook in swapping:  # the weights the FP test evaluated (EMA)
             hook.before_test_epoch(runner)
         export_model(model, x, path)
-        fp = dict(model=spec.name, quant='FP', bits='FP', metrics=metrics,
-                  **_runtime_cell(runner, graph, path, x, repeats, True))
+        cell, session = _runtime_cell(runner, graph, path)
         for hook in swapping:
             hook.after_test_epoch(runner)
-        rows.append(fp)
+        model_rows = [dict(model=spec.name, quant='FP', bits='FP',
+                           metrics=metrics, **cell)]
+        sessions = [session]
         for name in quant_cfgs:
             quant_cfg = merge_quant_cfg(load_config(spec.config), name,
                                         calib_samples=calib_samples,
@@ -204,13 +212,16 @@ def runtime_benchmark(models: Sequence,
             path = osp.join(runner.work_dir,
                             f'{osp.splitext(osp.basename(name))[0]}.onnx')
             summary = export_model(model, x, path)
-            rows.append(dict(
+            cell, session = _runtime_cell(runner, ExportGraph(model), path)
+            model_rows.append(dict(
                 model=spec.name, quant=name,
                 bits=f'W{quant_cfg["w_bits"]}A{quant_cfg["a_bits"]}',
                 metrics=metrics,
                 not_accelerated=[r.name for r in summary.not_accelerated()],
-                **_runtime_cell(runner, ExportGraph(model), path, x, repeats,
-                                False)))
+                **cell))
+            sessions.append(session)
+        _time_rows(model_rows, sessions, graph, x, repeats)
+        rows += model_rows
     return rows
 
 
@@ -278,7 +289,7 @@ def random_init_latency(config: str,
     torch.manual_seed(0)
     graph = ExportGraph(MODELS.build(cfg.model).eval())
     x = torch.randn(1, 3, size, size)
-    rows = []
+    rows, sessions = [], []
     for quant in ['FP', *quant_cfgs]:
         model = copy.deepcopy(graph)
         if quant != 'FP':
@@ -290,18 +301,12 @@ def random_init_latency(config: str,
         summary = export_qdq(model, (x, ), path,
                              output_names=model.output_names(model(x)))
         optimized = path.replace('.onnx', '.ort-optimized.onnx')
-        session = ort_session(ort_ready(path), optimized_path=optimized)
-        row = dict(model=name, quant=quant, metrics={}, ort_metrics={},
-                   ort_ops=_graph_ops(optimized), ort_ms={}, torch_ms={},
-                   not_accelerated=[r.name
-                                    for r in summary.not_accelerated()])
-        for batch in (1, 8):
-            xb = x.repeat(batch, 1, 1, 1)
-            row['ort_ms'][batch] = latency_per_image(
-                session_call(session, xb), batch, repeats)
-            if quant == 'FP':
-                with torch.no_grad():
-                    row['torch_ms'][batch] = latency_per_image(
-                        lambda xb=xb: model(xb), batch, repeats)
-        rows.append(row)
+        sessions.append(ort_session(ort_ready(path),
+                                    optimized_path=optimized))
+        rows.append(dict(model=name, quant=quant, metrics={}, ort_metrics={},
+                         ort_ops=_graph_ops(optimized), ort_ms={},
+                         torch_ms={},
+                         not_accelerated=[r.name for r in
+                                          summary.not_accelerated()]))
+    _time_rows(rows, sessions, graph, x, repeats)
     return rows

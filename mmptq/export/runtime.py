@@ -4,7 +4,7 @@ evaluator scores the runtime's outputs)."""
 import contextlib
 import statistics
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import onnx
@@ -47,18 +47,25 @@ def ort_ready(path: str) -> str:
     return out
 
 
-def latency_per_image(run: Callable[[], object], batch_size: int,
-                      repeats: int = 10, warmup: int = 2) -> float:
-    """Median over ``repeats`` timed calls of ``run()`` (after ``warmup``
-    untimed ones) divided by ``batch_size``, in milliseconds."""
+def latency_per_image(calls: Dict[str, Callable[[], object]],
+                      batch_size: int,
+                      repeats: int = 10,
+                      warmup: int = 2) -> Dict[str, float]:
+    """Per call: the median of its ``repeats`` timed durations divided by
+    ``batch_size``, in ms, after ``warmup`` untimed rounds. Each round
+    calls every one in turn, so that a load change on a shared machine
+    slows them alike (their ratios hold)."""
     for _ in range(warmup):
-        run()
-    times = []
+        for run in calls.values():
+            run()
+    times: Dict[str, List[float]] = {key: [] for key in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch_size
+        for key, run in calls.items():
+            start = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - start)
+    return {key: 1000 * statistics.median(t) / batch_size
+            for key, t in times.items()}
 
 
 def session_call(session: ort.InferenceSession, x: torch.Tensor
