@@ -28,7 +28,7 @@ from mmptq.core import (LayerRules, QuantSummary, Unit, allocate,
                         budget_cost, build_units, extrapolate, load_quant_cfg,
                         merge_quant_cfg, op_sensitivity, parse_uniform,
                         quant_ops, quantize_model, resolve_quant_cfg,
-                        run_batch, to_overrides, total_params)
+                        rules_cost, run_batch, to_overrides, total_params)
 from mmptq.engine import (build_calib_dataloader, install_safe_loader,
                           load_checkpoint_file, load_state_checked)
 from .analyze import build_random_model, sqnr_db, synthetic_batch
@@ -238,22 +238,35 @@ def allocate_bits(model: nn.Module,
     extrapolate(table, mp['candidates'])
     units = build_units(table, mp['candidates'], mp['metric'], objective)
     uniform = parse_uniform(mp['budget'])
+    first_op = results[0].summary.first_op
     rules = None
     if uniform is not None:
         at = dict(copy.deepcopy(dict(cfg)), w_bits=uniform[0],
                   a_bits=uniform[1])
-        rules = LayerRules(at, results[0].summary.first_op).for_layer
+        rules = LayerRules(at, first_op).for_layer
     budget = budget_cost(units, mp['budget'], mp['metric'], rules,
                          cfg['attn']['bits'])
-    choice, solver = allocate(units, budget, mp['solver'])
-    cost = sum(u.costs[j] for u, j in zip(units, choice))
+    # units whose damage the compared outputs do not see (e.g. a RoI head
+    # behind the RPN: zero value at every bit width) are not free: they
+    # keep the quant_cfg's bits, and their cost leaves the budget
+    every = units
+    unseen = [u for u in every if not any(u.values)]
+    units = [u for u in every if any(u.values)]
+    fixed = rules_cost(unseen, LayerRules(cfg, first_op).for_layer,
+                       cfg['attn']['bits'], mp['metric'])
+    if unseen:
+        print_log(f'mmptq: {len(unseen)} units unseen by the compared '
+                  f'outputs keep the quant_cfg\'s bits: '
+                  f'{[u.name for u in unseen]}', logger='current', level=30)
+    choice, solver = allocate(units, budget - fixed, mp['solver'])
+    cost = fixed + sum(u.costs[j] for u, j in zip(units, choice))
     out = copy.deepcopy(dict(cfg))
     out['mixed_precision'] = None
     out['attn']['bits'] = None
     out['overrides'] = list(out['overrides']) + to_overrides(units, choice)
     result = Allocation(out, units, choice,
-                        _metric_unit(cost, units, mp['metric']),
-                        _metric_unit(budget, units, mp['metric']),
+                        _metric_unit(cost, every, mp['metric']),
+                        _metric_unit(budget, every, mp['metric']),
                         mp['metric'], solver, results)
     if out_file:
         write_quant_cfg(out, out_file, (

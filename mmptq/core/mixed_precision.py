@@ -188,6 +188,14 @@ def rule_bits(unit: Unit, for_layer: Callable[..., dict],
     return rule['w_bits'], a_bits
 
 
+def rules_cost(units: Sequence[Unit], for_layer: Callable[..., dict],
+               attn_bits: Optional[int], metric: str) -> float:
+    """Σ cost of ``units`` at the bits a quant_cfg's per-layer rules give
+    them (``LayerRules.for_layer``; ``attn_bits``: its ``attn.bits``)."""
+    return sum(op_cost(u.ops, *rule_bits(u, for_layer, attn_bits), metric)
+               for u in units)
+
+
 def budget_cost(units: Sequence[Unit], budget, metric: str,
                 for_layer: Optional[Callable[..., dict]] = None,
                 attn_bits: Optional[int] = None) -> float:
@@ -198,8 +206,7 @@ def budget_cost(units: Sequence[Unit], budget, metric: str,
     if parse_uniform(budget) is None:
         return budget * total_params(units) if metric == 'avg_bits' \
             else float(budget)
-    return sum(op_cost(u.ops, *rule_bits(u, for_layer, attn_bits), metric)
-               for u in units)
+    return rules_cost(units, for_layer, attn_bits, metric)
 
 
 def total_params(units: Sequence[Unit]) -> int:

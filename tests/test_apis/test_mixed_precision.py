@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from torch import nn
 
 from mmptq.apis import load_quant_cfg, quantize_model, resolve_quant_cfg
 from mmptq.apis.sensitivity import (allocate_bits, config_cost,
@@ -112,6 +113,32 @@ def test_fragile_layer_gets_more_bits(metric, measure, tmp_path):
         pytest.approx(alloc.budget)
     assert config_cost(alloc.units, load_quant_cfg(str(out)), first_op,
                        metric) == pytest.approx(alloc.cost)
+
+
+class WithUnseenBranch(FragileMLP):
+    """FragileMLP plus a layer whose output the compared output does not
+    see (as a RoI head behind the probes of a detector)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Linear(16, 64)
+
+    def forward(self, x):
+        self.aux(x)
+        return super().forward(x)
+
+
+def test_unseen_units_keep_their_bits():
+    """A unit with no measured damage is not free: no override, it keeps
+    the quant_cfg's bits and its cost counts against the budget."""
+    alloc = allocate_bits(WithUnseenBranch().eval(), batches(), mp_cfg())
+    names = [o.get('name') for o in alloc.quant_cfg['overrides']]
+    assert 'aux' not in names and 'fc3' in names
+    assert 'aux' not in [u.name for u in alloc.units]
+    aux_cost = 16 * 64 * 4 * 4 / 1e9  # MACs per image x w_bits x a_bits
+    seen = sum(u.costs[j] for u, j in zip(alloc.units, alloc.choice))
+    assert alloc.cost == pytest.approx(seen + aux_cost)
+    assert alloc.cost <= alloc.budget * (1 + 1e-9)
 
 
 def test_written_quant_cfg_round_trips(tmp_path):
