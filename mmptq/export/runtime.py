@@ -27,6 +27,9 @@ def ort_session(path: str,
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.intra_op_num_threads = threads
+    # no busy-waiting after a run: it would take the cores from whatever
+    # runs next (torch, another session) on a small shared machine
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     return ort.InferenceSession(path, opts,
