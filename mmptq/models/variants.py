@@ -93,3 +93,35 @@ def flip_qk_signs(state: StateDict, prefix: str = 'mask_decoder.',
                     state[full] = state[full] * sign.view(view).to(
                         state[full].dtype)
     return state
+
+
+@register_variant('bimodal')
+def shift_keys(state: StateDict, prefix: str = 'mask_decoder.',
+               scale: float = 4.0, seed: int = 0) -> StateDict:
+    """Make the keys of each attention under ``prefix`` bimodal per tensor
+    (PTQ4SAM's situation): the ``k_proj`` bias of a random half of the
+    channels gains ``+m``, of the other half ``-m``, ``m = scale`` x the
+    largest row norm of ``k_proj.weight`` (a key channel's spread for
+    inputs of unit scale). A constant added to every key adds ``q·δ`` to
+    all logits of a query, which the softmax ignores: the FP function is
+    unchanged (to float rounding).
+
+    Args:
+        state: the state dict (edited in place and returned).
+        prefix: the attentions under this key prefix.
+        scale: the shift in row norms of the key weight.
+        seed: seed of the channel choice (attentions in key order).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pattern = re.compile(re.escape(prefix) + r'(.*\.)?k_proj\.bias$')
+    keys = sorted(k for k in state if pattern.match(k))
+    if not keys:
+        raise KeyError(f'no attention key bias (k_proj) under {prefix!r}')
+    for key in keys:
+        weight = state[key[:-len('bias')] + 'weight'].float()
+        channels = len(state[key])
+        sign = torch.ones(channels)
+        sign[torch.randperm(channels, generator=gen)[:channels // 2]] = -1
+        shift = scale * weight.norm(dim=1).max() * sign
+        state[key] = (state[key].float() + shift).to(state[key].dtype)
+    return state

@@ -77,3 +77,18 @@ def test_signflip_keeps_the_fp_masks(demo):
         flipped = [model.test_step(d)[0].pred_instances.masks for d in data]
         model.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(base, flipped))
+
+
+def test_bimodal_keeps_the_fp_mask_logits(demo):
+    """sam-bimodal on the trained weights: mask logits within 1e-5 of the
+    demo SAM's (a constant per query's logits; float rounding only)."""
+    _, cfg, model, state = demo
+    data = val_images(cfg, 1)[0]
+    boxes = data['data_samples'][0].gt_instances.bboxes.tensor
+    with torch.no_grad():
+        emb = model.extract_feat(data['inputs'])[0]
+        ref, _ = model._decode(emb, boxes)
+        model.load_state_dict(apply_variant('bimodal', state))
+        out, _ = model._decode(emb, boxes)
+        model.load_state_dict(state)
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()

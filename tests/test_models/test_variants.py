@@ -44,9 +44,34 @@ def test_signflip_keeps_the_function_and_flips_half_the_keys():
                        predict(tiny(prompt='gt'), data).masks)
 
 
-def test_variants_are_deterministic():
-    state = tiny(prompt="gt").state_dict()
-    a, b = apply_variant('signflip', state), apply_variant('signflip', state)
+def test_bimodal_keeps_the_function_and_shifts_half_the_keys():
+    """A constant added to every key of a query's logits is ignored by the
+    softmax: ±m on the k_proj biases, half the channels each way."""
+    model = tiny(prompt='gt')
+    data = batch(image(3))
+    emb = model.extract_feat(data['inputs'])[0]
+    boxes = torch.tensor([[5., 5., 40., 30.], [0., 10., 60., 45.]])
+    base = model.state_dict()
+    state = apply_variant('bimodal', base)
+    for key in [k for k in state if k.endswith('k_proj.bias')]:
+        shift = state[key] - base[key]
+        m = 4 * base[key[:-4] + 'weight'].norm(dim=1).max()
+        assert torch.allclose(shift.abs(), m.expand_as(shift))
+        assert (shift < 0).sum() * 2 == len(shift)
+    changed = {k for k in state if not torch.equal(state[k], base[k])}
+    assert changed == {k for k in state if k.endswith('k_proj.bias')}
+    with torch.no_grad():
+        ref, ref_iou = model._decode(emb, boxes)
+        model.load_state_dict(state)
+        out, iou = model._decode(emb, boxes)
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert torch.allclose(iou, ref_iou, atol=1e-5)
+
+
+@pytest.mark.parametrize('variant', ['signflip', 'bimodal'])
+def test_variants_are_deterministic(variant):
+    state = tiny(prompt='gt').state_dict()
+    a, b = apply_variant(variant, state), apply_variant(variant, state)
     assert all(torch.equal(a[k], b[k]) for k in state)
 
 
@@ -67,6 +92,7 @@ def test_names():
     assert 'signflip' in VARIANTS
 
 
-def test_signflip_needs_attentions():
+@pytest.mark.parametrize('variant', ['signflip', 'bimodal'])
+def test_variants_need_attentions(variant):
     with pytest.raises(KeyError, match='mask_decoder'):
-        apply_variant('signflip', {'backbone.weight': torch.ones(2)})
+        apply_variant(variant, {'backbone.weight': torch.ones(2)})
