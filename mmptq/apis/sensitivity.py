@@ -28,7 +28,8 @@ from mmptq.core import (LayerRules, QuantSummary, Unit, allocate,
                         budget_cost, build_units, extrapolate, load_quant_cfg,
                         merge_quant_cfg, op_sensitivity, parse_uniform,
                         quant_ops, quantize_model, resolve_quant_cfg,
-                        rules_cost, run_batch, to_overrides, total_params)
+                        rule_bits, rules_cost, run_batch, to_overrides,
+                        total_params)
 from mmptq.engine import (build_calib_dataloader, install_safe_loader,
                           load_checkpoint_file, load_state_checked)
 from .analyze import build_random_model, sqnr_db, synthetic_batch
@@ -248,22 +249,31 @@ def allocate_bits(model: nn.Module,
                          cfg['attn']['bits'])
     # units whose damage the compared outputs do not see (e.g. a RoI head
     # behind the RPN: zero value at every bit width) are not free: they
-    # keep the quant_cfg's bits, and their cost leaves the budget
+    # take the bits of the budget's uniform setting (of the quant_cfg for
+    # a numeric budget), and their cost leaves the budget
     every = units
     unseen = [u for u in every if not any(u.values)]
     units = [u for u in every if any(u.values)]
-    fixed = rules_cost(unseen, LayerRules(cfg, first_op).for_layer,
-                       cfg['attn']['bits'], mp['metric'])
+    keep = rules or LayerRules(cfg, first_op).for_layer
+    fixed = rules_cost(unseen, keep, cfg['attn']['bits'], mp['metric'])
     if unseen:
         print_log(f'mmptq: {len(unseen)} units unseen by the compared '
-                  f'outputs keep the quant_cfg\'s bits: '
+                  f'outputs keep the bits of {mp["budget"]}: '
                   f'{[u.name for u in unseen]}', logger='current', level=30)
     choice, solver = allocate(units, budget - fixed, mp['solver'])
     cost = fixed + sum(u.costs[j] for u, j in zip(units, choice))
     out = copy.deepcopy(dict(cfg))
     out['mixed_precision'] = None
     out['attn']['bits'] = None
-    out['overrides'] = list(out['overrides']) + to_overrides(units, choice)
+    kept = []  # the unseen units at the bits they keep
+    for u in unseen:
+        w, a = rule_bits(u, keep, cfg['attn']['bits'])
+        w0, a0 = u.options[0]  # None: the metric does not allocate it
+        kept.append(Unit(u.name, [(None if w0 is None else w,
+                                   None if a0 is None else a)], [0.0],
+                         [0.0], u.ops))
+    out['overrides'] = list(out['overrides']) + to_overrides(
+        units, choice) + to_overrides(kept, [0] * len(kept))
     result = Allocation(out, units, choice,
                         _metric_unit(cost, every, mp['metric']),
                         _metric_unit(budget, every, mp['metric']),

@@ -6,8 +6,8 @@ from .config import (DEFAULT_QUANT_CFG, LayerRules, QuantConfig,
                      resolve_quant_cfg)
 from .mixed_precision import (Unit, allocate, budget_cost, build_units,
                               check_mixed_precision, extrapolate,
-                              parse_uniform, rules_cost, to_overrides,
-                              total_params)
+                              parse_uniform, rule_bits, rules_cost,
+                              to_overrides, total_params)
 from .presets import PACKAGE_DATA, list_presets, load_quant_cfg
 from .quantize import (calibrate, discover, find_quantizers, freeze, prepare,
                        quantize_model, run_batch)
@@ -23,6 +23,6 @@ __all__ = [
     'META_KEY', 'quant_meta', 'restore_quantized',
     'QuantSummary', 'Unit', 'allocate', 'budget_cost', 'build_units',
     'check_mixed_precision', 'extrapolate', 'parse_uniform', 'to_overrides',
-    'total_params', 'rules_cost',
+    'total_params', 'rule_bits', 'rules_cost',
     'QuantOp', 'only', 'op_sensitivity', 'quant_ops'
 ]

@@ -129,13 +129,14 @@ class WithUnseenBranch(FragileMLP):
 
 
 def test_unseen_units_keep_their_bits():
-    """A unit with no measured damage is not free: no override, it keeps
-    the quant_cfg's bits and its cost counts against the budget."""
+    """A unit with no measured damage is not free: it takes the bits of
+    the budget's uniform setting (W5A5) and its cost counts against the
+    budget."""
     alloc = allocate_bits(WithUnseenBranch().eval(), batches(), mp_cfg())
-    names = [o.get('name') for o in alloc.quant_cfg['overrides']]
-    assert 'aux' not in names and 'fc3' in names
+    overrides = {o.get('name'): o for o in alloc.quant_cfg['overrides']}
+    assert overrides['aux'] == dict(name='aux', w_bits=5, a_bits=5)
     assert 'aux' not in [u.name for u in alloc.units]
-    aux_cost = 16 * 64 * 4 * 4 / 1e9  # MACs per image x w_bits x a_bits
+    aux_cost = 16 * 64 * 5 * 5 / 1e9  # MACs per image x w_bits x a_bits
     seen = sum(u.costs[j] for u, j in zip(alloc.units, alloc.choice))
     assert alloc.cost == pytest.approx(seen + aux_cost)
     assert alloc.cost <= alloc.budget * (1 + 1e-9)
