@@ -49,7 +49,7 @@ val_evaluator = dict(metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 quant_cfg = dict(
     calib=dict(batch_size=1, split='train'),
-    overrides=[dict(name=r'detector(\..*)?', skip=True)])
+    overrides=dict(detector=dict(name=r'detector(\..*)?', skip=True)))
 
 max_iters = 1800
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop',
