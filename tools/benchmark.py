@@ -26,6 +26,7 @@ from mmptq.apis.benchmark import (DEMO_MODELS, ModelSpec, demo_models,
                                   write_report)
 from mmptq.apis.export import (random_init_latency, runtime_benchmark,
                                runtime_table, write_runtime_report)
+from mmptq.apis.pareto import run_pareto
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,6 +61,12 @@ def parse_args() -> argparse.Namespace:
                         help='input size of the --random-init models')
     parser.add_argument('--repeats', type=int, default=10,
                         help='timed calls per latency (median)')
+    parser.add_argument('--pareto', action='store_true',
+                        help='metric against BOPs and size: uniform W4A4 / '
+                        'W6A6 / W8A8 of the first --quant-cfg and mixed '
+                        'precision at the BOPs of W4A4 / W5A5 / W6A6 '
+                        '(mmptq.apis.pareto); pareto.md and one plot per '
+                        'model in <work-dir>/pareto_<model>')
     args = parser.parse_args()
     if not args.model and args.demo is None and not args.random_init:
         parser.error('give --model CONFIG CHECKPOINT, --demo and/or '
@@ -78,6 +85,15 @@ def main() -> None:
         models += demo_models(args.demo)
     if args.runtime == 'onnxruntime':
         runtime(models, args)
+        return
+    if args.pareto:
+        for spec in models:
+            rows = run_pareto(spec, f'{args.work_dir}/pareto_{spec.name}',
+                              quant_cfg=args.quant_cfg[0],
+                              num_images=args.num_images,
+                              calib_samples=args.calib_samples,
+                              cfg_options=args.cfg_options)
+            print_log('\n' + markdown_table(rows), logger='current')
         return
     rows = run_benchmark(models, args.quant_cfg, args.work_dir,
                          num_images=args.num_images,
