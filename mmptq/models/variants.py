@@ -9,7 +9,7 @@ quantization sees: signs, scales, outlier channels), so a variant's FP row
 equals its base model's.
 """
 import re
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -60,6 +60,24 @@ def apply_variant(variant: str, state: StateDict) -> StateDict:
     return VARIANTS[variant](dict(state))
 
 
+def _keys_under(state: StateDict, prefix: str, suffix: str) -> List[str]:
+    """The keys ``<prefix>...<suffix>`` of ``state``, sorted; a KeyError
+    naming both when there is none."""
+    pattern = re.compile(re.escape(prefix) + r'(.*\.)?' + re.escape(suffix)
+                         + '$')
+    keys = sorted(k for k in state if pattern.match(k))
+    if not keys:
+        raise KeyError(f'no {suffix} under {prefix!r}')
+    return keys
+
+
+def _half_negative(channels: int, gen: torch.Generator) -> torch.Tensor:
+    """±1 per channel, −1 on a random half (⌊channels/2⌋) of them."""
+    sign = torch.ones(channels)
+    sign[torch.randperm(channels, generator=gen)[:channels // 2]] = -1
+    return sign
+
+
 @register_variant('signflip')
 def flip_qk_signs(state: StateDict, prefix: str = 'mask_decoder.',
                   seed: int = 0) -> StateDict:
@@ -76,16 +94,9 @@ def flip_qk_signs(state: StateDict, prefix: str = 'mask_decoder.',
             order).
     """
     gen = torch.Generator().manual_seed(seed)
-    pattern = re.compile(re.escape(prefix) + r'(.*\.)?q_proj\.weight$')
-    keys = sorted(k for k in state if pattern.match(k))
-    if not keys:
-        raise KeyError(f'no attention (q_proj / k_proj) under {prefix!r}')
-    for key in keys:
+    for key in _keys_under(state, prefix, 'q_proj.weight'):
         attn = key[:-len('q_proj.weight')]
-        channels = state[key].shape[0]
-        flip = torch.randperm(channels, generator=gen)[:channels // 2]
-        sign = torch.ones(channels)
-        sign[flip] = -1
+        sign = _half_negative(state[key].shape[0], gen)
         for proj in ('q_proj', 'k_proj'):
             for name, view in (('weight', (-1, 1)), ('bias', (-1, ))):
                 full = f'{attn}{proj}.{name}'
@@ -113,15 +124,9 @@ def shift_keys(state: StateDict, prefix: str = 'mask_decoder.',
         seed: seed of the channel choice (attentions in key order).
     """
     gen = torch.Generator().manual_seed(seed)
-    pattern = re.compile(re.escape(prefix) + r'(.*\.)?k_proj\.bias$')
-    keys = sorted(k for k in state if pattern.match(k))
-    if not keys:
-        raise KeyError(f'no attention key bias (k_proj) under {prefix!r}')
-    for key in keys:
+    for key in _keys_under(state, prefix, 'k_proj.bias'):
         weight = state[key[:-len('bias')] + 'weight'].float()
-        channels = len(state[key])
-        sign = torch.ones(channels)
-        sign[torch.randperm(channels, generator=gen)[:channels // 2]] = -1
+        sign = _half_negative(len(state[key]), gen)
         shift = scale * weight.norm(dim=1).max() * sign
         state[key] = (state[key].float() + shift).to(state[key].dtype)
     return state
