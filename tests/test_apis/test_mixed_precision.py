@@ -239,4 +239,5 @@ def test_tool_sensitivity_and_allocation(tmp_path):
     allocated = {re.sub(r'\\(.)', r'\1', o['name'])
                  for o in cfg['overrides'] if 'name' in o}
     assert {r['unit'] for r in rows['rows']} == allocated
-    assert {o.get('a_bits') for o in cfg['overrides']} <= {4, 8}
+    # candidates, or W6A6 for units the compared output does not see
+    assert {o.get('a_bits') for o in cfg['overrides']} <= {4, 6, 8}
