@@ -434,6 +434,13 @@ def quantize_model(
             state and spilled records (default: a temporary directory).
     """
     cfg = resolve_quant_cfg(quant_cfg)
+    if cfg['mixed_precision'] is not None:
+        raise ValueError(
+            'quant_cfg.mixed_precision asks for a bit allocation, which '
+            'quantize_model does not run: write the per-op quant_cfg with '
+            '`tools/analyze.py CONFIG --checkpoint CKPT --quant-cfg ... '
+            '--sensitivity --budget ...` (mmptq.apis.sensitivity.'
+            'allocate_bits) and quantize with that file')
     batches = calib_data if hasattr(calib_data, '__len__') else list(calib_data)
     if len(batches) == 0:
         raise ValueError('calibration data is empty: quantize_model needs at '

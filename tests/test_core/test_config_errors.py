@@ -156,3 +156,18 @@ def test_a_quantizer_built_alone_keeps_the_short_key():
             UniformQuantizer(observer=dict(type='Nope'))
     with pytest.raises(ValueError, match=r"^quant_cfg\.observer: unknown"):
         UniformQuantizer(observer=dict(type='Nope'))
+
+
+def test_mixed_precision_is_not_silently_ignored():
+    """quant_cfg.mixed_precision is a request for an allocation, which
+    quantize_model does not run: an error that names the workflow, before
+    any forward."""
+    import torch
+
+    from mmptq.apis import quantize_model
+    from toy_models import TinyCNN
+    with pytest.raises(ValueError, match=r'^quant_cfg\.mixed_precision asks '
+                       r'for a bit allocation.*allocate_bits'):
+        quantize_model(TinyCNN().eval(),
+                       dict(mixed_precision=dict(budget='W5A5')),
+                       [torch.randn(2, 3, 16, 16)])
