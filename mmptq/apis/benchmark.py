@@ -142,8 +142,8 @@ def primary_metrics(metrics: dict) -> Dict[str, float]:
     """The headline metrics of an evaluator's output, in points."""
     out = {}
     for key, (name, scale) in PRIMARY_METRICS.items():
-        if key in metrics:
-            out[name] = float(metrics[key]) * scale
+        if key in metrics:  # rounded: 0.671 x 100 is 67.10000000000001
+            out[name] = round(float(metrics[key]) * scale, 6)
     if not out:  # an evaluator mmptq does not know: report everything
         out = {k: float(v) for k, v in metrics.items()
                if isinstance(v, (int, float)) or getattr(v, 'ndim', 1) == 0}
@@ -232,7 +232,7 @@ def _quantized_row(runner, name: str, quant_cfg: QuantConfig,
     fp = fp_row['metrics']
     return dict(
         fp_row, quant=name, bits=bits_label(quant_cfg), metrics=got,
-        delta={k: got[k] - fp[k] for k in got if k in fp},
+        delta={k: round(got[k] - fp[k], 6) for k in got if k in fp},
         all_metrics=metrics, calib_s=calib.seconds, fp_pass_s=fp_pass_s,
         calib_ratio=calib.seconds / fp_pass_s, eval_s=eval_s,
         eval_ratio=eval_s / fp_row['eval_s'],

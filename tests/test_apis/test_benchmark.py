@@ -177,6 +177,8 @@ def test_primary_metrics():
     got = primary_metrics({'coco/bbox_mAP': 0.412, 'coco/bbox_mAP_50': 0.6,
                            'coco/segm_mAP': 0.38})
     assert got == pytest.approx({'APbox': 41.2, 'APmask': 38.0})
+    # in points without float noise (the JSON report shows these)
+    assert primary_metrics({'coco/bbox_mAP': 0.671}) == {'APbox': 67.1}
     assert primary_metrics({'mIoU': 71.5, 'aAcc': 90.0}) == {'mIoU': 71.5}
     assert primary_metrics({'accuracy/top1': 97.25}) == {'top-1': 97.25}
     # an evaluator mmptq does not know: every scalar
