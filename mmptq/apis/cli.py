@@ -5,7 +5,8 @@ from typing import Optional, Tuple
 
 from mmengine.config import Config, DictAction
 
-from mmptq.core import QuantConfig, merge_quant_cfg, model_options
+from mmptq.core import (QuantConfig, list_presets, merge_quant_cfg,
+                        model_options)
 from .runner_setup import load_config, set_work_dir
 
 
@@ -25,8 +26,9 @@ class StoreOnce(argparse.Action):
 
 def add_quant_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--quant-cfg', action=StoreOnce,
-                        help='preset name (w8a8, w4a4, ...) or path of a '
-                        'config with a quant_cfg section')
+                        help='a preset name (' + ', '.join(list_presets())
+                        + ') or the path of a config with a quant_cfg '
+                        'section')
     parser.add_argument('--w-bits', type=int, action=StoreOnce,
                         help='override weight bits')
     parser.add_argument('--a-bits', type=int, action=StoreOnce,

@@ -486,3 +486,12 @@ def test_cls_model_that_loads_weights_when_built(cls, monkeypatch):
                 '--work-dir', osp.join(cls.root, 'given')))
     assert results(osp.join(cls.root, 'at_build'))['metrics'] == \
         results(osp.join(cls.root, 'given'))['metrics']
+
+
+@pytest.mark.parametrize('tool', ['test', 'quantize'])
+def test_help_lists_the_presets(tool):
+    from mmptq.apis import list_presets
+    proc = ok(run_tool(tool, '--help'))
+    text = ''.join(proc.stdout.split())  # argparse wraps inside names
+    missing = [p for p in list_presets() if p not in text]
+    assert not missing, proc.stdout
