@@ -150,8 +150,12 @@ def primary_metrics(metrics: dict) -> Dict[str, float]:
     return out
 
 
-def _test_config(spec: ModelSpec, work_dir: str, num_images: Optional[int],
-                 cfg_options: Optional[dict]) -> Config:
+def benchmark_config(spec: ModelSpec, work_dir: str,
+                     num_images: Optional[int],
+                     cfg_options: Optional[dict]) -> Config:
+    """``spec``'s config for a benchmark run: ``cfg_options`` applied, logs
+    in ``work_dir/<name>``, a plain TestLoop on the first ``num_images``
+    test images; its checkpoint and test data checked to exist."""
     if not osp.isfile(spec.checkpoint):
         raise FileNotFoundError(
             f'{spec.name}: checkpoint {spec.checkpoint} not found')
@@ -263,7 +267,7 @@ def run_benchmark(models: Sequence[ModelSpec],
     rows: List[dict] = []
     bar = ProgressBar(len(models) * (1 + len(quant_cfgs)))
     for spec in models:
-        cfg = _test_config(spec, work_dir, num_images, cfg_options)
+        cfg = benchmark_config(spec, work_dir, num_images, cfg_options)
         runner = build_runner(cfg)
         _restrict_coco_metrics(runner)
         runner.call_hook('before_run')  # as Runner.test(): log files, ...

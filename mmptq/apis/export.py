@@ -18,8 +18,7 @@ from mmengine.logging import print_log
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import TestLoop
 
-from mmptq.core import (QuantConfig, merge_quant_cfg, model_options,
-                        quantize_model)
+from mmptq.core import (QuantConfig, merge_quant_cfg, quantize_model)
 from mmptq.engine import (detached_hooks, install_safe_loader,
                           is_quantized_checkpoint, load_checkpoint_file,
                           plain_metrics, unwrap, weight_swapping_hooks)
@@ -27,7 +26,7 @@ from mmptq.export import ExportGraph, ExportSummary, export_qdq
 from mmptq.export.runtime import (latency_per_image, ort_ready,
                                   ort_session, runtime_forward, session_call)
 from mmptq.utils.files import prepare_out_path
-from .benchmark import primary_metrics
+from .benchmark import benchmark_config, bits_label, primary_metrics
 from .runner_setup import build_runner, configure_quant_test, load_config
 
 
@@ -92,8 +91,8 @@ def export_checkpoint(cfg: Config,
             input; its calibration set the batches of an FP checkpoint).
         checkpoint: a quantized or FP checkpoint.
         out: the .onnx file to write.
-        quant_cfg: how to quantize an FP checkpoint (ignored, with a
-            warning, for a quantized one).
+        quant_cfg: how to quantize an FP checkpoint (for a quantized one,
+            if given, the setting it was made with).
         unsafe_load: load checkpoints with ``weights_only=False``.
     """
     prepare_out_path(out, checkpoint, '--out')
@@ -143,13 +142,7 @@ def _time_rows(rows: List[dict], sessions: list, fp: torch.nn.Module,
 def _runtime_runner(spec, quant_cfg: Optional[QuantConfig], work_dir: str,
                     num_images: Optional[int], cfg_options: Optional[dict],
                     unsafe_load: bool):
-    cfg = load_config(spec.config)
-    if model_options(cfg_options):
-        cfg.merge_from_dict(model_options(cfg_options))
-    cfg.launcher = 'none'
-    cfg.work_dir = osp.join(work_dir, spec.name)
-    if num_images is not None:
-        cfg.test_dataloader.dataset.indices = num_images
+    cfg = benchmark_config(spec, work_dir, num_images, cfg_options)
     configure_quant_test(cfg, spec.checkpoint, quant_cfg,
                          unsafe_load=unsafe_load)
     runner = build_runner(cfg)
@@ -215,7 +208,7 @@ def runtime_benchmark(models: Sequence,
             cell, session = _runtime_cell(runner, ExportGraph(model), path)
             model_rows.append(dict(
                 model=spec.name, quant=name,
-                bits=f'W{quant_cfg["w_bits"]}A{quant_cfg["a_bits"]}',
+                bits=bits_label(quant_cfg),
                 metrics=metrics,
                 not_accelerated=[r.name for r in summary.not_accelerated()],
                 **cell))

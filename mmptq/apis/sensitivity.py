@@ -33,7 +33,7 @@ from mmptq.core import (LayerRules, QuantSummary, Unit, allocate,
 from mmptq.engine import (build_calib_dataloader, install_safe_loader,
                           load_checkpoint_file, load_state_checked)
 from .analyze import build_random_model, sqnr_db, synthetic_batch
-from .benchmark import ModelSpec, _test_config
+from .benchmark import ModelSpec, benchmark_config
 from .runner_setup import build_runner
 
 
@@ -315,7 +315,7 @@ def load_model(spec: ModelSpec, quant_cfg: str, work_dir: str,
     """(FP model with its checkpoint, calibration batches, resolved
     quant_cfg) of a config, as ``tools/test.py`` would calibrate it."""
     install_safe_loader(unsafe_load)
-    cfg = _test_config(spec, work_dir, None, cfg_options)
+    cfg = benchmark_config(spec, work_dir, None, cfg_options)
     runner = build_runner(cfg)
     ckpt = load_checkpoint_file(spec.checkpoint, unsafe=unsafe_load)
     load_state_checked(runner.model, ckpt.get('state_dict', ckpt),
