@@ -116,9 +116,9 @@ def test_progress_over_the_matrix(bench):
 def test_coco_subset_is_scored_on_its_images(tiny):
     """--num-images N: COCO evaluation sees only those N image ids."""
     from mmptq.apis.benchmark import ModelSpec, _restrict_coco_metrics, \
-        _test_config
+        benchmark_config
     from mmptq.apis.runner_setup import build_runner
-    cfg = _test_config(ModelSpec('det', tiny.det, tiny.det_fp),
+    cfg = benchmark_config(ModelSpec('det', tiny.det, tiny.det_fp),
                        osp.join(tiny.root, 'subset'), 3, None)
     runner = build_runner(cfg)
     _restrict_coco_metrics(runner)
