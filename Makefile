@@ -94,6 +94,7 @@ install: $(VENV_PY)
 	@echo "-- OpenMMLab stack and requirements"
 	@torch_version=$$($(PY) -c 'import torch; print(torch.__version__)'); \
 	$(PIP) install -q $(addprefix -r ,$(REQS)) -c <(echo "torch==$$torch_version")
+	$(PIP) install -q --no-deps -r requirements/nodeps.txt
 	@if $(PY) -c 'import json, sys, importlib.metadata as m; u = json.loads(m.distribution("mmptq").read_text("direct_url.json") or "{}"); sys.exit(not (u.get("dir_info", {}).get("editable") and u.get("url") == "file://$(CURDIR)"))' 2>/dev/null; then \
 	  echo "-- mmptq: already installed (editable) from $(CURDIR)"; \
 	else \
