@@ -1,0 +1,53 @@
+# PTQ4RIS (Jiang et al., ICRA 2025) at W4A4 for LAVT (image encoder: an
+# mmdet SwinTransformer under `backbone`; text encoder: a BERT under
+# `text_encoder`), after the reference's ptq4ris.py (gugu511yy/PTQ4RIS):
+#  - DRQ, Dual-Region Quantization: the post-Softmax probabilities on two
+#    uniform grids split at a searched power of two (attn.softmax), the
+#    post-GELU input of every mmcv FFN's second Linear (`ffn.layers.1`,
+#    Swin's fc2) on a negative and a positive grid, the positive step
+#    searched (DualRegionQuantizer);
+#  - RORQ, Reorder-based Outlier-Retained Quantization: the input of every
+#    Linear of the text encoder (query / key / value / dense) in up to 10
+#    groups of channels split at mean + 3 std of the channel maxima, each
+#    group with its own asymmetric uniform quantizer
+#    (OutlierReorderQuantizer, max_groups = the reference's max_iters);
+#    the regex names the Linear layers only, so that the text encoder's
+#    attention matmul operands keep the generic activation quantizer;
+#  - weights: per output channel, asymmetric, step x zero point grid search
+#    (L2.4, MSEGridObserver): the reference's UniformAffineQuantizer with
+#    scale_method 'mse', channel_wise=True;
+#  - other activations: per tensor, asymmetric, the same grid search
+#    (the reference's 'mse' activation init);
+#  - calibration on 32 samples (the README's --num_samples 32), one per
+#    batch, observers seeing the FP signal (parallel: PTQ4ViT's calibrator
+#    with sequential=False);
+#  - no reconstruction: ptq4ris.py imports PD-Quant's block_reconstruction
+#    and args.py has its settings (iters_w 20000, weight 0.01, lamb_r 0.1,
+#    lamb_c 0.02, prob 0.5), but main() never calls it. To add it:
+#    quant_cfg.reconstruction=dict(type='PDQuantReconstruction', ...).
+# DRQ-softmax is the attn.softmax of every attention mmptq finds (the
+# reference: the Swin backbone's only; its BERT softmax is uniform).
+# The overrides are named: a config adds its own by name.
+quant_cfg = dict(
+    w_bits=4,
+    a_bits=4,
+    weight=dict(
+        type='UniformQuantizer',
+        granularity='channel',
+        observer=dict(type='MSEGridObserver')),
+    act=dict(
+        type='UniformQuantizer',
+        granularity='tensor',
+        observer=dict(type='MSEGridObserver')),
+    attn=dict(
+        matmul=True,
+        softmax=dict(type='DualRegionQuantizer', region='softmax')),
+    reconstruction=None,
+    calib=dict(num_samples=32, batch_size=1, mode='parallel'),
+    overrides=dict(
+        drq_post_gelu=dict(
+            name=r'(.*\.)?ffn\.layers\.1',
+            act=dict(type='DualRegionQuantizer', region='gelu')),
+        rorq_text_linear=dict(
+            name=r'text_encoder\..*\.(query|key|value|dense)',
+            act=dict(type='OutlierReorderQuantizer', max_groups=10))))
