@@ -5,7 +5,9 @@ The ``*_dataset_cfg`` helpers return plain config dicts (upstream dataset
 types, scoped as ``mmdet.`` / ``mmseg.`` / ``mmpretrain.``) that demo configs
 and tests can use; :func:`load_sample` builds one and runs one sample
 through a minimal pipeline; :func:`coco_self_eval` scores the ground truth
-of a COCO json against itself (AP must be 1.0).
+of a COCO json against itself (AP must be 1.0); :func:`ref_self_eval`
+scores the ground-truth masks of an ``mnist_ref`` split with mmdet's
+``RefSegMetric`` (cIoU = mIoU = 100).
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import copy
 import io
 import json
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
-from .builders import CLS_METAINFO, DET_METAINFO, SEG_METAINFO
+from .builders import CLS_METAINFO, DATASETS, DET_METAINFO, SEG_METAINFO
+from .minilm import minilm_dir
+from .refer import ANN_FILE, IMG_DIR, REF_SPLITS, SPLIT_FILE
 
 DET_PIPELINE = [
     dict(type='mmdet.LoadImageFromFile'),
@@ -27,6 +31,16 @@ SEG_PIPELINE = [
     dict(type='mmseg.LoadImageFromFile'),
     dict(type='mmseg.LoadAnnotations'),
     dict(type='mmseg.PackSegInputs'),
+]
+#: as mmdet's refcoco base: masks only; the sentences and the masks also
+#: in the metainfo (``text``: list of str, ``gt_masks``: BitmapMasks)
+REF_PIPELINE = [
+    dict(type='mmdet.LoadImageFromFile'),
+    dict(type='mmdet.LoadAnnotations', with_mask=True, with_bbox=False,
+         with_seg=False, with_label=False),
+    dict(type='mmdet.PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                    'scale_factor', 'gt_masks', 'text')),
 ]
 CLS_PIPELINE = [
     dict(type='mmpretrain.LoadImageFromFile'),
@@ -69,8 +83,29 @@ def cls_dataset_cfg(data_root: str = 'data/mnist_cls', split: str = 'val',
     return cfg
 
 
+def ref_dataset_cfg(data_root: str = 'data/mnist_ref', split: str = 'val',
+                    pipeline: Optional[List[dict]] = None,
+                    text_mode: str = 'original', **kwargs) -> dict:
+    """An mmdet ``RefCocoDataset`` config for ``mnist_ref``.
+
+    Args:
+        data_root: the ``mnist_ref`` folder.
+        split: 'train', 'val', 'testA' or 'testB'.
+        pipeline: the pipeline (default :data:`REF_PIPELINE`).
+        text_mode: RefCocoDataset's: 'original' (every sentence, each with
+            its ref's mask), 'select_first', 'random' (one per ref) or
+            'concat'.
+        **kwargs: more RefCocoDataset / BaseDataset arguments.
+    """
+    return dict(type='mmdet.RefCocoDataset', data_root=data_root,
+                ann_file=ANN_FILE, split_file=SPLIT_FILE,
+                data_prefix=dict(img_path=f'{IMG_DIR}/'), split=split,
+                text_mode=text_mode,
+                pipeline=copy.deepcopy(pipeline or REF_PIPELINE), **kwargs)
+
+
 _CFG_FNS = {'mnist_det': det_dataset_cfg, 'mnist_seg': seg_dataset_cfg,
-            'mnist_cls': cls_dataset_cfg}
+            'mnist_cls': cls_dataset_cfg, 'mnist_ref': ref_dataset_cfg}
 
 
 def build_dataset(cfg: dict):
@@ -93,7 +128,7 @@ def build_dataset(cfg: dict):
 def load_sample(name: str, data_root: str, split: str = 'val',
                 index: int = 0, **kwargs):
     """Build the upstream dataset for ``name`` ('mnist_det', 'mnist_seg',
-    'mnist_cls') under ``data_root`` (the dataset folder) and return
+    'mnist_cls', 'mnist_ref') under ``data_root`` (the dataset folder) and return
     ``(dataset, dataset[index])`` through the minimal pipeline."""
     ds = build_dataset(_CFG_FNS[name](data_root, split, **kwargs))
     return ds, ds[index]
@@ -138,16 +173,76 @@ def coco_self_eval(ann_file: str, iou_types: Sequence[str] = ('bbox', 'segm'),
     return coco_eval(ann_file, gt_as_detections(ann_file), iou_types, quiet)
 
 
+def ref_seg_eval(dataset, predict: Optional[Callable] = None
+                 ) -> Dict[str, float]:
+    """mmdet's ``RefSegMetric`` (cIoU, mIoU in percent) over every sample of
+    a RefCocoDataset whose pipeline packs ``gt_masks`` in the metainfo.
+
+    Args:
+        dataset: the built dataset.
+        predict: ``predict(data_sample) -> (N, H, W) bool tensor``, one mask
+            per sentence of ``data_sample.text``; None: the ground truth.
+    """
+    import torch
+    with contextlib.redirect_stdout(io.StringIO()):
+        from mmdet.evaluation import RefSegMetric
+    metric = RefSegMetric(metric=['cIoU', 'mIoU'])
+    for i in range(len(dataset)):
+        sample = dataset[i]['data_samples']
+        gt = sample.gt_masks
+        masks = predict(sample) if predict is not None else \
+            gt.to_tensor(torch.bool, 'cpu')
+        if len(masks) != len(sample.text):
+            raise ValueError(f'sample {i}: {len(masks)} masks for '
+                             f'{len(sample.text)} sentences')
+        metric.process({}, [dict(pred_instances=dict(masks=masks),
+                                 gt_masks=gt)])
+    return {k: float(v) for k, v in metric.evaluate(len(dataset)).items()}
+
+
+def ref_self_eval(data_root: str, split: str = 'val',
+                  text_mode: str = 'original') -> Dict[str, float]:
+    """``RefSegMetric`` of the ground-truth masks of one ``mnist_ref``
+    split used as predictions (cIoU = mIoU = 100), with the split's
+    images, refs and sentences counted.
+
+    Args:
+        data_root: the ``mnist_ref`` folder.
+        split: 'train', 'val', 'testA' or 'testB'.
+        text_mode: RefCocoDataset's ``text_mode``.
+    """
+    ds = build_dataset(ref_dataset_cfg(data_root, split, text_mode=text_mode))
+    out = ref_seg_eval(ds)
+    out.update(images=len(ds), sentences=sum(len(ds.get_data_info(i)['text'])
+                                              for i in range(len(ds))))
+    return out
+
+
 def check_all(root: str = 'data',
-              datasets: Sequence[str] = ('mnist_det', 'mnist_seg',
-                                         'mnist_cls')) -> Dict[str, dict]:
+              datasets: Sequence[str] = DATASETS) -> Dict[str, dict]:
     """Load one sample of each built dataset under ``root`` with the upstream
-    dataset classes (both splits) and run COCOeval on the mnist_det val json.
-    Returns a small report; raises on any failure."""
+    dataset classes (every split) and evaluate the ground truth: COCOeval on
+    the mnist_det val json (AP 1.0), RefSegMetric on every mnist_ref split
+    (cIoU = mIoU = 100; and the MiniLM folder is complete). Returns a small
+    report; raises on any failure.
+
+    Args:
+        root: the data root.
+        datasets: which datasets to check.
+    """
     report = {}
     for name in datasets:
         path = osp.join(root, name)
         rep = {}
+        if name == 'mnist_ref':
+            for split in REF_SPLITS:
+                rep[split] = ref_self_eval(path, split)
+                if min(rep[split]['cIoU'], rep[split]['mIoU']) < 100 - 1e-6:
+                    raise AssertionError(f'mnist_ref {split}: ground truth '
+                                         f'scores {rep[split]}')
+            rep['text_encoder'] = minilm_dir(root, unpack=False)
+            report[name] = rep
+            continue
         for split in ('train', 'val'):
             ds, sample = load_sample(name, path, split)
             rep[split] = len(ds)
