@@ -1,0 +1,13 @@
+# PTQ4RIS (Jiang et al., ICRA 2025) W4A8 of
+# lavt_swin-b-w12_bert-base_refcoco+.py: configs/quant/ptq4ris_w4a8.py (DRQ
+# for post-Softmax / post-GELU activations, RORQ for the text encoder's Linear
+# inputs, MSE-searched weights). Published oIoU on RefCOCO+: val 61.43 /
+# testA 67.17 / testB 54.39 (FP: val 63.38 / testA 68.73 / testB 56.08).
+# Calibration: 32 train-split images through the test pipeline, one image (all
+# its expressions) per batch.
+#   python tools/test.py \
+#       configs/mmdet/ptq4ris/lavt_swin-b-w12_bert-base_refcoco+_ptq4ris-w4a8.py \
+#       checkpoints/ptq4ris/lavt_swin-b-w12_bert-base_refcoco+.pth --fp-baseline
+_base_ = ['./lavt_swin-b-w12_bert-base_refcoco+.py', '../../quant/ptq4ris_w4a8.py']
+test_cfg = dict(type='mmptq.QuantTestLoop')
+quant_cfg = dict(calib=dict(num_samples=32, batch_size=1, split='train'))

@@ -1,0 +1,13 @@
+# W6A6 of lavt_swin-b-w12_bert-base_refcoco+.py with mmptq's generic recipe
+# (configs/quant/w6a6.py: per-channel MSE-searched weights, per-tensor
+# percentile-searched activations, log-sqrt2 softmax). Not a row of the
+# PTQ4RIS tables; their PTQ4RIS W6A6 oIoU on RefCOCO+: val 62.50 / testA 67.52
+# / testB 55.42 (FP: val 63.38 / testA 68.73 / testB 56.08).
+# Calibration: 32 train-split images through the test pipeline, one image (all
+# its expressions) per batch.
+#   python tools/test.py \
+#       configs/mmdet/ptq4ris/lavt_swin-b-w12_bert-base_refcoco+_w6a6.py \
+#       checkpoints/ptq4ris/lavt_swin-b-w12_bert-base_refcoco+.pth --fp-baseline
+_base_ = ['./lavt_swin-b-w12_bert-base_refcoco+.py', '../../quant/w6a6.py']
+test_cfg = dict(type='mmptq.QuantTestLoop')
+quant_cfg = dict(calib=dict(num_samples=32, batch_size=1, split='train'))

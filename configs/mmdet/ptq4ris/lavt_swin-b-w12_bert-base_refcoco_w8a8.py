@@ -1,0 +1,13 @@
+# W8A8 of lavt_swin-b-w12_bert-base_refcoco.py with mmptq's generic recipe
+# (configs/quant/w8a8.py: per-channel MSE-searched weights, per-tensor
+# percentile-searched activations, log-sqrt2 softmax). Not a row of the
+# PTQ4RIS tables; their PTQ4RIS W8A8 oIoU on RefCOCO: val 72.33 / testA 75.38
+# / testB 68.26 (FP: val 72.72 / testA 75.74 / testB 68.56).
+# Calibration: 32 train-split images through the test pipeline, one image (all
+# its expressions) per batch.
+#   python tools/test.py \
+#       configs/mmdet/ptq4ris/lavt_swin-b-w12_bert-base_refcoco_w8a8.py \
+#       checkpoints/ptq4ris/lavt_swin-b-w12_bert-base_refcoco.pth --fp-baseline
+_base_ = ['./lavt_swin-b-w12_bert-base_refcoco.py', '../../quant/w8a8.py']
+test_cfg = dict(type='mmptq.QuantTestLoop')
+quant_cfg = dict(calib=dict(num_samples=32, batch_size=1, split='train'))

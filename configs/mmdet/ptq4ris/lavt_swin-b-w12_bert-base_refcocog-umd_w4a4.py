@@ -1,0 +1,13 @@
+# W4A4 of lavt_swin-b-w12_bert-base_refcocog-umd.py with mmptq's generic
+# recipe (configs/quant/w4a4.py: per-channel MSE-searched weights, per-tensor
+# percentile-searched activations, log-sqrt2 softmax). Not a row of the
+# PTQ4RIS tables; their PTQ4RIS W4A4 oIoU on G-Ref (UMD partition): val 58.98
+# / test 60.37 (FP: val 62.65 / test 64.10).
+# Calibration: 32 train-split images through the test pipeline, one image (all
+# its expressions) per batch.
+#   python tools/test.py \
+#       configs/mmdet/ptq4ris/lavt_swin-b-w12_bert-base_refcocog-umd_w4a4.py \
+#       checkpoints/ptq4ris/lavt_swin-b-w12_bert-base_refcocog-umd.pth --fp-baseline
+_base_ = ['./lavt_swin-b-w12_bert-base_refcocog-umd.py', '../../quant/w4a4.py']
+test_cfg = dict(type='mmptq.QuantTestLoop')
+quant_cfg = dict(calib=dict(num_samples=32, batch_size=1, split='train'))
