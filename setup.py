@@ -50,5 +50,10 @@ setup(
         'tests': read_requirements('tests.txt'),
         'mim': read_requirements('mminstall.txt'),
     },
+    # the command lines: python -m mmptq.tools.<name>, or these scripts
+    entry_points={'console_scripts': [
+        f'mmptq-{name} = mmptq.tools.{name}:main'
+        for name in ('test', 'quantize', 'benchmark', 'export', 'analyze',
+                     'train', 'convert_itpn')]},
     zip_safe=False,
 )

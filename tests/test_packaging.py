@@ -1,5 +1,7 @@
-"""A non-editable install finds the presets, configs and demo checkpoints:
-the wheel holds copies of what ``mmptq/.mim`` links to in the source."""
+"""A non-editable install finds the presets, configs and demo checkpoints
+(the wheel holds copies of what ``mmptq/.mim`` links to in the source),
+and its command lines run outside the repository: ``python -m
+mmptq.tools.<name>`` and the ``mmptq-<name>`` scripts."""
 import os
 import os.path as osp
 import shutil
@@ -53,11 +55,26 @@ def test_wheel_ships_presets_and_demo_models(tmp_path):
                str(wheel)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-3000:]
     script = tmp_path / 'check.py'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
     script.write_text(CHECK)
     # outside the repository, the installed copy first on the path
     proc = subprocess.run(
         [sys.executable, str(script), str(site)], cwd=str(tmp_path),
-        env=dict(os.environ, PYTHONPATH=str(site)),
+        env=env,
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'installed ok' in proc.stdout
+    # the command lines of the installed copy, from outside the repository
+    for tool in ('test', 'quantize', 'benchmark'):
+        proc = subprocess.run(
+            [sys.executable, '-m', f'mmptq.tools.{tool}', '--help'],
+            cwd=str(tmp_path), env=env,
+            capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        text = ''.join(proc.stdout.split())  # argparse wraps inside names
+        assert 'w4a4' in text and 'qdrop_w4a4' in text or \
+            tool == 'benchmark' and 'mask-rcnn_swin' in text, proc.stdout
+    scripts = sorted(p.name for p in (site / 'bin').glob('mmptq-*'))
+    assert {'mmptq-test', 'mmptq-quantize', 'mmptq-benchmark'} <= \
+        set(scripts), scripts

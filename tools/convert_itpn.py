@@ -1,34 +1,8 @@
-"""Convert an official iTPN (or PTQ-for-iTPN) ImageNet classifier checkpoint
-to the key names of ``configs/mmpretrain/itpn/``.
+"""Checkout shim of ``mmptq.tools.convert_itpn`` (also: ``python -m`` it)."""
+import os
 
-    python tools/convert_itpn.py SRC.pth DST.pth \
-        --config configs/mmpretrain/itpn/itpn-pixel_hivit-base-p16_in1k.py
-
-With ``--config`` the converted weights are loaded strictly into that
-config's model before DST is written. A thin CLI over
-``mmptq.apis.convert``.
-"""
-import argparse
-
-from mmptq.apis.convert import convert_itpn_checkpoint
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('src', help='the released checkpoint')
-    parser.add_argument('dst', help='where to write the converted one')
-    parser.add_argument('--config', help='check against this config')
-    parser.add_argument('--unsafe-load', action='store_true',
-                        help='load SRC with weights_only=False (only for '
-                        'files you trust)')
-    return parser.parse_args()
-
-
-def main() -> None:
-    args = parse_args()
-    convert_itpn_checkpoint(args.src, args.dst, config=args.config,
-                            unsafe=args.unsafe_load)
-
+os.environ['MMPTQ_DEFER_IMPORTS'] = '1'  # parse the arguments before torch
+from mmptq.tools.convert_itpn import main  # noqa: E402
 
 if __name__ == '__main__':
     main()

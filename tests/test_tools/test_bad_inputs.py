@@ -187,7 +187,7 @@ def test_more_calibration_samples_than_images(cls):
 def test_a_quant_option_given_twice(option, values, capsys):
     import argparse
 
-    from mmptq.apis.cli import add_quant_args
+    from mmptq.tools.args import add_quant_args
     parser = argparse.ArgumentParser(prog='test.py')
     add_quant_args(parser)
     with pytest.raises(SystemExit) as e:
