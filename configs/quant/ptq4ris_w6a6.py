@@ -1,6 +1,6 @@
 # PTQ4RIS (Jiang et al., ICRA 2025) at W6A6: ptq4ris_w4a4.py (DRQ for the
 # post-Softmax / post-GELU activations, RORQ for the text encoder's Linear
-# inputs, MSE grid-searched weights, 32 calibration samples, no
+# inputs, MSE-searched weights and activations, 32 calibration samples, no
 # reconstruction, as the reference's ptq4ris.py) with 6-bit weights and
 # 6-bit activations (the reference's --n_bits_w 6 --n_bits_a 6).
 _base_ = ['./ptq4ris_w4a4.py']

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from torch import nn
 from mmengine.config import Config
 
 from mmptq.apis import list_presets, load_quant_cfg, resolve_quant_cfg
@@ -148,6 +149,29 @@ PRESET_CLAIMS = {
         QDROP, reconstruction=dict(type='BRECQReconstruction'))),
     'pdquant_w4a4': ('qdrop_w4a4', dict(
         reconstruction=dict(type='PDQuantReconstruction'))),
+    # PTQ4RIS: "DRQ ... post-Softmax (attn.softmax) ... post-GELU input of
+    # every mmcv FFN's second Linear (`ffn.layers.1`) ... RORQ: the input of
+    # every Linear of the text encoder (query / key / value / dense) in up
+    # to 10 groups ... weights: per output channel, asymmetric, ...
+    # MSEGridObserver ... other activations: per tensor, asymmetric, ...
+    # L2.4 shrink search of [min, max] (MSEObserver) ... 32 samples, one
+    # per batch, ... parallel ... no reconstruction"
+    'ptq4ris_w4a4': (None, dict(
+        w_bits=4, a_bits=4,
+        weight=dict(type='UniformQuantizer', granularity='channel',
+                    observer=dict(type='MSEGridObserver')),
+        act=dict(type='UniformQuantizer', granularity='tensor',
+                 observer=dict(type='MSEObserver', p=2.4)),
+        attn__softmax=dict(type='DualRegionQuantizer', region='softmax'),
+        calib__num_samples=32, calib__batch_size=1, calib__mode='parallel',
+        overrides=[
+            dict(name=r'(.*\.)?ffn\.layers\.1',
+                 act=dict(type='DualRegionQuantizer', region='gelu')),
+            dict(name=r'text_encoder\..*\.(query|key|value|dense)',
+                 act=dict(type='OutlierReorderQuantizer', max_groups=10))])),
+    # "ptq4ris_w4a4.py ... with W-bit weights and A-bit activations"
+    **{f'ptq4ris_w{w}a{a}': ('ptq4ris_w4a4', dict(w_bits=w, a_bits=a))
+       for w, a in ((8, 8), (6, 6), (4, 8))},
 }
 
 
@@ -276,3 +300,110 @@ def test_preset_overrides_add_to_the_configs():
     # without a preset, a dict of named rules resolves to its values
     assert resolve_quant_cfg(named.quant_cfg.to_dict())['overrides'] == [
         skip, dict(first_op=True, a_bits=6)]
+
+
+class _FFN(nn.Module):
+    """mmcv's FFN layout: layers.0 = Sequential(fc1, GELU), layers.1 =
+    fc2."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU()),
+            nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class _BertLayer(nn.Module):
+    """A BERT layer's Linear names: attention.self.query / key / value,
+    attention.output.dense, intermediate.dense, output.dense."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.attention = nn.Module()
+        self.attention.self = nn.Module()
+        for key in ('query', 'key', 'value'):
+            setattr(self.attention.self, key, nn.Linear(dim, dim))
+        self.attention.output = nn.Module()
+        self.attention.output.dense = nn.Linear(dim, dim)
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(dim, 2 * dim)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(2 * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        s = self.attention.self
+        q, k, v = s.query(x), s.key(x), s.value(x)
+        a = (q @ k.transpose(-2, -1) * q.shape[-1]**-0.5).softmax(-1) @ v
+        x = self.norm(x + self.attention.output.dense(a))
+        h = nn.functional.gelu(self.intermediate.dense(x))
+        return self.norm(x + self.output.dense(h))
+
+
+class TinyRIS(nn.Module):
+    """LAVT's module names in small: `backbone` blocks with attention and
+    an mmcv FFN, a BERT-like `text_encoder`, a fusion head."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        from toy_models import ExplicitAttention
+        self.backbone = nn.Module()
+        self.backbone.embed = nn.Linear(12, dim)
+        self.backbone.attn = ExplicitAttention(dim)
+        self.backbone.ffn = _FFN(dim)
+        self.text_encoder = nn.Module()
+        self.text_encoder.layer = _BertLayer(dim)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, img, words):
+        x = self.backbone.embed(img)
+        x = x + self.backbone.attn(x)
+        x = x + self.backbone.ffn(x)
+        t = self.text_encoder.layer(words)
+        return self.head(x * t.mean(1, keepdim=True))
+
+
+@pytest.mark.parametrize('name', ['ptq4ris_w8a8', 'ptq4ris_w6a6',
+                                  'ptq4ris_w4a8', 'ptq4ris_w4a4'])
+def test_ptq4ris_presets_quantize_a_ris_toy(name):
+    """Each preset puts DRQ on the softmax and on the FFN's post-GELU
+    input, RORQ on every text-encoder Linear input, and runs
+    calibrate → freeze → restore."""
+    from mmptq.apis import quantize_model
+    from mmptq.core.restore import quant_meta, restore_quantized
+    from mmptq.quantizers import DualRegionQuantizer, OutlierReorderQuantizer
+
+    torch.manual_seed(0)
+    model = TinyRIS().eval()
+    fresh = copy.deepcopy(model)
+    data = [(torch.randn(1, 9, 12), torch.randn(1, 5, 16))
+            for _ in range(2)]
+    # the preset with min/max weights (its 8-bit step x zero point grid
+    # search takes minutes on CPU; the weights are not what is tested)
+    cfg = dict(resolve_quant_cfg(name))
+    cfg['weight'] = dict(cfg['weight'], observer=dict(type='MinMaxObserver'))
+    cfg = resolve_quant_cfg(cfg)
+    _, summary = quantize_model(model, cfg, data)
+    kinds = {n: type(m).__name__ for n, m in model.named_modules()
+             if isinstance(m, (DualRegionQuantizer, OutlierReorderQuantizer))}
+    rorq = sorted(n for n, k in kinds.items()
+                  if k == 'OutlierReorderQuantizer')
+    assert rorq == sorted(
+        f'text_encoder.layer.{p}.input_quantizer' for p in (
+            'attention.self.query', 'attention.self.key',
+            'attention.self.value', 'attention.output.dense',
+            'intermediate.dense', 'output.dense'))
+    drq = {n: m.region for n, m in model.named_modules()
+           if isinstance(m, DualRegionQuantizer)}
+    assert drq.pop('backbone.ffn.layers.1.input_quantizer') == 'gelu'
+    assert drq and set(drq.values()) == {'softmax'}
+    assert all(m.bits == cfg['a_bits'] for m in model.modules()
+               if isinstance(m, (DualRegionQuantizer,
+                                 OutlierReorderQuantizer)))
+    restore_quantized(fresh, quant_meta(summary))
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(*data[0]), model(*data[0]))
