@@ -1,8 +1,8 @@
 """Dual-Region Quantization (DRQ) of PTQ4RIS (Jiang et al., ICRA 2025,
-Sec. III-B): post-Softmax and post-GELU activations of the image encoder,
-each on two uniform grids, one per region of the value range. It is the
-twin-uniform quantizer of PTQ4ViT (Yuan et al., ECCV 2022, Sec. 3.2),
-which the PTQ4RIS code reuses (``quant_layers/matmul.py``,
+arXiv:2409.17020): post-Softmax and post-GELU activations of the image
+encoder, each on two uniform grids, one per region of the value range. It
+is the twin-uniform quantizer of PTQ4ViT (Yuan et al., ECCV 2022), which
+the PTQ4RIS code reuses (``quant_layers/matmul.py``,
 ``SoSPTQSLBatchingQuantMatMul``; ``quant_layers/linear.py``,
 ``PostGeluPTQSLBatchingQuantLinear``).
 
@@ -18,11 +18,13 @@ n = 2^(b−1) codes:
 
 Each value is quantized on the grid of the region it falls in,
 x̂ = Q_low(x) if x < t else Q_high(x) (t = 0 for GELU). The reference adds
-the two grids' outputs instead, Q_high(clamp(x, t, 1)) + Q_low(clamp(x, 0,
-t)): for softmax that adds t to every value ≥ t and round(t·(n−1))/(n−1)
-to every value < t (zero only for t < 1/(2(n−1))), so its search can only
-pick small splits; for GELU the two terms are zero outside their region
-and the sum equals the choice.
+the two grids' outputs instead (``quant_input_A``, matmul.py lines
+602-605, and the search, lines 328-330): Q_high(clamp(x, t, 1)) +
+Q_low(clamp(x, 0, t)). For softmax that adds t to every value ≥ t and
+round(t·(n−1))/(n−1) to every value < t (zero only for t < 1/(2(n−1))),
+which biases its search to small splits. For GELU (linear.py lines
+622-630) the two terms are zero outside their region and the sum equals
+the choice.
 """
 from typing import Optional, Tuple
 
@@ -72,8 +74,8 @@ def gelu_steps(top: float, bits: int, alpha: float = 0.01,
 
 @QUANTIZERS.register_module()
 class DualRegionQuantizer(BaseQuantizer):
-    """Dual-Region Quantization (PTQ4RIS, Jiang et al. 2025, Sec. III-B;
-    PTQ4ViT's twin uniform, Yuan et al. 2022, Eq. 5-6): two uniform grids
+    """Dual-Region Quantization (PTQ4RIS, Jiang et al. 2025, DRQ; PTQ4ViT's
+    twin uniform quantization, Yuan et al. 2022): two uniform grids
     with n = 2^(b−1) codes each, one per region (see the module docstring):
 
         softmax: x̂ = clamp(round(x/Δ_l), 0, n−1)·Δ_l  if x < t,

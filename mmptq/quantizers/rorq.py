@@ -1,5 +1,5 @@
 """Reorder-based Outlier-Retained Quantization (RORQ) of PTQ4RIS (Jiang et
-al., ICRA 2025, Sec. III-C): the inputs of the text encoder's Linear
+al., ICRA 2025, arXiv:2409.17020): the inputs of the text encoder's Linear
 layers, whose few outlier channels would stretch a per-tensor range.
 
 The input channels are split into groups by their magnitude m_c =
@@ -23,14 +23,17 @@ new order. Where the producer is not foldable (attention's context, whose
 channels are tied to heads), the reorder is a gather on the load.
 
 The reference (gugu511yy/PTQ4RIS, ``ptq4vit_utils/quant_bert.py``,
-``BERTVARActQuantizer``) groups per value, not per channel (its
-threshold is over all elements of the tensor and a value's group is where
-its |x| falls), so it forms no reorder; it also puts values above its last
-threshold into group 0 (``group_indices`` stays 0 outside every
-(τ_{i−1}, τ_i] interval, lines 296-304) and, when a single value is left,
-computes ``var()`` of one element: a NaN threshold. Here, values (channels)
-above the last threshold are in the last group and the splitting stops when
-fewer than 2 channels are left.
+``BERTVARActQuantizer``, used by ``QuantLinear_bert`` for every Linear
+under ``text_encoder``) groups per value, not per channel: its threshold
+is over all non-zero elements of the tensor and a value's group is where
+its |x| falls (lines 320-356), so it has no reorder to make. It also puts
+values above its last threshold into group 0 (``group_indices`` stays 0
+outside every (τ_{i−1}, τ_i], lines 296-304), and with one value left it
+takes ``var()`` of one element: a NaN threshold (line 332). Here channels
+above the last threshold are in the last group and the splitting stops
+when fewer than 2 channels are left. (It marks assigned values by zeroing
+them, so exact zeros never count in its statistics; it calibrates on the
+first batch it sees, all 32 samples at once.)
 """
 from typing import Optional
 
@@ -43,7 +46,7 @@ from .base import BaseQuantizer, round_ste
 
 def outlier_groups(stat: Tensor, max_groups: int = 10,
                    k: float = 3.0) -> Tensor:
-    """RORQ's iterative outlier split (PTQ4RIS, Sec. III-C): over the
+    """RORQ's iterative outlier split (PTQ4RIS, RORQ): over the
     entries not yet assigned, τ = mean + k·std (unbiased std, as the
     reference's ``var()``); entries ≤ τ form the next group. Stops when
     ``max_groups`` − 1 groups are formed, when nothing is above τ or when
@@ -79,7 +82,7 @@ def outlier_groups(stat: Tensor, max_groups: int = 10,
 @QUANTIZERS.register_module()
 class OutlierReorderQuantizer(BaseQuantizer):
     """Reorder-based Outlier-Retained Quantization (RORQ; PTQ4RIS, Jiang et
-    al. 2025, Sec. III-C, Eq. 6-7): the channels (last axis) of a Linear's
+    al. 2025): the channels (last axis) of a Linear's
     input in groups by :func:`outlier_groups` of m_c = max |x_c|; group g
     has an asymmetric uniform quantizer over [lo_g, hi_g], the range of
     its channels (widened to contain 0):
