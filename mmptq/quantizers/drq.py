@@ -19,7 +19,7 @@ n = 2^(b−1) codes:
 Each value is quantized on the grid of the region it falls in,
 x̂ = Q_low(x) if x < t else Q_high(x) (t = 0 for GELU). The reference adds
 the two grids' outputs instead (``quant_input_A``, matmul.py lines
-602-605, and the search, lines 328-330): Q_high(clamp(x, t, 1)) +
+602-605, and the search, lines 621-623): Q_high(clamp(x, t, 1)) +
 Q_low(clamp(x, 0, t)). For softmax that adds t to every value ≥ t and
 round(t·(n−1))/(n−1) to every value < t (zero only for t < 1/(2(n−1))),
 which biases its search to small splits. For GELU (linear.py lines
