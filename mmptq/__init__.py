@@ -33,10 +33,12 @@ def import_all() -> None:
     """Import and register everything (what ``import mmptq`` does outside
     the command lines); idempotent."""
     global quantize_model
-    from .utils import install_torchvision_shim
+    from .utils import install_quiet_progress, install_torchvision_shim
 
     # mmpretrain imports torchvision; a no-op where a real one is installed
     install_torchvision_shim()
+    # progress bars only on a terminal, plain lines in a log file
+    install_quiet_progress()
 
     from . import (apis, engine, nn, observers, quantizers,  # noqa: F401
                    reconstruction, transforms)

@@ -40,8 +40,11 @@ def demo_names() -> List[str]:
 
 def load_stack() -> None:
     """Import torch, the OpenMMLab stack and all of mmptq (registering its
-    loops, quantizers, ...): after the arguments are parsed."""
+    loops, quantizers, ...): after the arguments are parsed. pycocotools'
+    printout goes to DEBUG log records (mmdet logs the COCO metrics)."""
     mmptq.import_all()
+    from mmptq.utils import install_pycocotools_capture
+    install_pycocotools_capture()
 
 
 class StoreOnce(argparse.Action):

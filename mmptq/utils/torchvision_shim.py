@@ -6,9 +6,11 @@ mmpretrain 1.2.0 imports torchvision at module level (``models.heads`` via
 ``datasets.transforms``), so without torchvision none of its models or
 transforms can be built; segment-anything 1.0 imports it in
 ``automatic_mask_generator`` (box ops) and ``utils.transforms``
-(``ResizeLongestSide``: PIL resize). PyPI's torchvision does not load beside a CPU
-build of torch ("operator torchvision::nms does not exist") and mmptq needs
-none of its features, so it is not installed.
+(``ResizeLongestSide``: PIL resize). ``make install`` installs the
+torchvision that matches the installed torch where one is available (for
+the CPU torch: the PyTorch CPU index's ``+cpu`` build; PyPI's build does
+not load beside it: "operator torchvision::nms does not exist"); this
+stand-in is the fallback, and says so once when it is used.
 
 :func:`install_torchvision_shim` appends a finder to the *end* of
 ``sys.meta_path``: where a real torchvision is installed it is always found
@@ -27,6 +29,7 @@ touch:
   placeholder (a base class for mmpretrain's MAE crop; building it raises).
 
 Anything else raises an error saying that torchvision is not installed.
+The first ``import torchvision`` it serves logs a note, once per process.
 """
 import enum
 import importlib.abc
@@ -232,6 +235,26 @@ class TorchvisionShimFinder(importlib.abc.MetaPathFinder,
 
     def exec_module(self, module: types.ModuleType) -> None:
         _fill(module, _MODULES[module.__name__])
+        if module.__name__ == 'torchvision':
+            _announce()
+
+
+_ANNOUNCED = []
+
+
+def _announce() -> None:
+    """Say once per process that the stand-in is what ``import
+    torchvision`` got."""
+    if _ANNOUNCED:
+        return
+    _ANNOUNCED.append(True)
+    from mmengine.logging import print_log
+    print_log(
+        'mmptq: no torchvision is installed; `import torchvision` gets '
+        "mmptq's stand-in (mmptq/utils/torchvision_shim.py: the box ops and "
+        'transforms mmpretrain imports). Install the torchvision that '
+        f'matches torch {torch.__version__} for its other features (see '
+        'docs/install.md).', logger='current')
 
 
 def install_torchvision_shim() -> bool:
