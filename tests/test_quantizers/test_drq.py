@@ -110,6 +110,9 @@ def test_gelu_search_and_batches_average():
     for c in cands:
         fq = frozen('gelu', 4, GELU_MIN / 8, float(c), 0.0)
         errors.append(sum(((fq(b) - b)**2).mean() for b in batches) / 2)
+    # the observer holds the mean over the batches of each candidate's error
+    torch.testing.assert_close(q.observer.lo, torch.stack(errors),
+                               rtol=1e-4, atol=1e-9)
     best = int(torch.stack(errors).argmin())
     assert q.scale[1].item() == pytest.approx(cands[best].item())
     assert q.scale[0].item() == pytest.approx(GELU_MIN / 8)
