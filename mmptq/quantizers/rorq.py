@@ -82,8 +82,8 @@ def outlier_groups(stat: Tensor, max_groups: int = 10,
 @QUANTIZERS.register_module()
 class OutlierReorderQuantizer(BaseQuantizer):
     """Reorder-based Outlier-Retained Quantization (RORQ; PTQ4RIS, Jiang et
-    al. 2025): the channels (last axis) of a Linear's
-    input in groups by :func:`outlier_groups` of m_c = max |x_c|; group g
+    al. 2025): the channels (last axis: a Linear's input, channels last;
+    not for Conv inputs) in groups by :func:`outlier_groups` of m_c = max |x_c|; group g
     has an asymmetric uniform quantizer over [lo_g, hi_g], the range of
     its channels (widened to contain 0):
 
