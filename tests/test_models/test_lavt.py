@@ -236,6 +236,44 @@ def test_language_gate_adds_gated_fusion(tokenizer_dir):
     torch.testing.assert_close(seen[0], expected)
 
 
+def test_decoder_as_simple_decoding(tokenizer_dir):
+    """LAVT's SimpleDecoding written out: Y4 ⊕ F3 → Y3 ⊕ F2 → Y2 ⊕ F1, each
+    two conv-BN-ReLU, then the 2-class 1x1 conv; the model's logits are it
+    upsampled (bilinear, align_corners) to the input size."""
+    model = tiny_lavt(tokenizer_dir).eval()
+    dec = model.decoder
+    for m in dec.modules():  # BN with non-trivial statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    feats = [torch.randn(1, c, s, s) for c, s in ((16, 16), (32, 8),
+                                                  (64, 4), (128, 2))]
+
+    def block(x, level):
+        for j in (1, 2):
+            conv = getattr(dec, f'conv{j}_{level}')
+            bn = getattr(dec, f'bn{j}_{level}')
+            x = torch.relu(torch.nn.functional.batch_norm(
+                torch.nn.functional.conv2d(x, conv.weight, padding=1),
+                bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                eps=bn.eps))
+        return x
+
+    def up(x, ref):
+        return torch.nn.functional.interpolate(
+            x, size=ref.shape[-2:], mode='bilinear', align_corners=True)
+
+    x = block(torch.cat([up(feats[3], feats[2]), feats[2]], 1), 4)
+    x = block(torch.cat([up(x, feats[1]), feats[1]], 1), 3)
+    x = block(torch.cat([up(x, feats[0]), feats[0]], 1), 2)
+    expected = torch.nn.functional.conv2d(x, dec.conv1_1.weight,
+                                          dec.conv1_1.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(dec(feats), expected)
+    assert dec.conv1_4.in_channels == 128 + 64
+    assert dec.conv1_2.in_channels == 64 + 16
+
+
 def reference_pwam(pwam: PWAM, x, l_feats, l_mask):
     """PWAM's equations written out head by head (Yang et al. 2022)."""
     att = pwam.image_lang_att
