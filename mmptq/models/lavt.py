@@ -205,7 +205,7 @@ def build_text_encoder(pretrained: Optional[str] = None,
             weights), loaded offline with ``from_pretrained``; a missing
             directory is an error naming it.
         config: ``BertConfig`` arguments, random weights (without
-            ``pretrained``).
+            ``pretrained``; with it, they must agree with its config).
         config_dir: without both: the architecture of this directory's
             ``config.json`` (random weights); e.g. the tokenizer's.
         attn_implementation: ``'eager'`` (explicit matmul and softmax, as
@@ -222,9 +222,18 @@ def build_text_encoder(pretrained: Optional[str] = None,
                 f'{pretrained}`; or set text_encoder.config=dict(...) and '
                 'load the weights from an mmptq checkpoint (tools/'
                 'convert_lavt.py puts them there).')
-        return BertModel.from_pretrained(
+        model = BertModel.from_pretrained(
             pretrained, add_pooling_layer=False, local_files_only=True,
             attn_implementation=attn_implementation)
+        differ = {k: (v, getattr(model.config, k, None))
+                  for k, v in dict(config or {}).items()
+                  if getattr(model.config, k, None) != v}
+        if differ:
+            raise ValueError(
+                f'text_encoder.config does not describe {pretrained}: '
+                + ', '.join(f'{k}={v!r} there {d!r}'
+                            for k, (v, d) in differ.items()))
+        return model
     if config is not None:
         cfg = BertConfig(**dict(config))
     elif config_dir is not None and osp.isfile(
@@ -288,9 +297,11 @@ class LAVT(BaseDetector):
         backbone: mmdet ``SwinTransformer`` config (``out_indices`` must be
             ``(0, 1, 2, 3)``).
         text_encoder: ``dict(pretrained='dir')`` (a saved Hugging Face BERT,
-            loaded offline) or ``dict(config=dict(hidden_size=..., ...))``
-            (random weights, to be loaded from an mmptq checkpoint); neither:
-            the architecture of the tokenizer directory's ``config.json``.
+            loaded offline; a ``config`` beside it must agree with it) or
+            ``dict(config=dict(hidden_size=..., ...))`` (random weights, to
+            be loaded from an mmptq checkpoint); neither (e.g. under
+            ``build_random_model``, which drops ``pretrained``): the
+            architecture of the tokenizer directory's ``config.json``.
             ``attn_implementation`` (default ``'eager'``) is passed on.
         tokenizer: directory of the tokenizer (default: the text encoder's
             ``pretrained`` directory).

@@ -379,6 +379,10 @@ def test_text_encoder_sources(tokenizer_dir, tmp_path):
             # init_weights did not re-initialise it
             torch.testing.assert_close(own[key], value)
     assert not any(k.startswith('pooler') for k in own)
+    # a config beside it must describe it
+    with pytest.raises(ValueError, match='hidden_size=32 there 24'):
+        tiny_lavt(tokenizer_dir, text_encoder=dict(
+            pretrained=str(tmp_path / 'bert'), config=dict(hidden_size=32)))
     # the tokenizer defaults to the same directory (here: none there)
     assert model.tokenizer_dir == str(tmp_path / 'bert')
     with pytest.raises(FileNotFoundError, match=re.escape(
