@@ -104,14 +104,15 @@ def test_imports_only_go_down():
 
 def test_tools_call_the_apis():
     """The command lines are thin: ``mmptq.tools.*`` import ``mmptq.apis``
-    (and their argument groups in ``mmptq.tools.args``); the checkout's
+    (and their argument groups in ``mmptq.tools.args``, the log set-up of
+    ``mmptq.utils``); the checkout's
     ``tools/*.py`` are shims of ``mmptq.tools`` (build_data.py is the CLI
     of the demo data package)."""
     tools = osp.join(osp.dirname(PACKAGE_DIR), 'tools')
     wrong = []
     for folder, allowed in ((tools, ('mmptq.tools', 'mmptq.apis')),
                             (osp.join(PACKAGE_DIR, 'tools'),
-                             ('mmptq.tools', 'mmptq.apis'))):
+                             ('mmptq.tools', 'mmptq.apis', 'mmptq.utils'))):
         for name in sorted(os.listdir(folder)):
             if not name.endswith('.py'):
                 continue

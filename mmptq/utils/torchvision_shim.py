@@ -248,13 +248,12 @@ def _announce() -> None:
     if _ANNOUNCED:
         return
     _ANNOUNCED.append(True)
-    from mmengine.logging import print_log
-    print_log(
-        'mmptq: no torchvision is installed; `import torchvision` gets '
-        "mmptq's stand-in (mmptq/utils/torchvision_shim.py: the box ops and "
-        'transforms mmpretrain imports). Install the torchvision that '
-        f'matches torch {torch.__version__} for its other features (see '
-        'docs/install.md).', logger='current')
+    # stderr: a diagnostic, not part of any program's output
+    print('mmptq: no torchvision is installed; `import torchvision` gets '
+          "mmptq's stand-in (mmptq/utils/torchvision_shim.py: the box ops "
+          'and transforms mmpretrain imports). Install the torchvision that '
+          f'matches torch {torch.__version__} for its other features (see '
+          'docs/install.md).', file=sys.stderr)
 
 
 def install_torchvision_shim() -> bool:
