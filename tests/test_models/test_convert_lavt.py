@@ -1,5 +1,9 @@
 """The conversion of released LAVT checkpoints to mmptq.models.LAVT
-(mmptq.models.convert_lavt)."""
+(mmptq.models.convert_lavt, tools/convert_lavt.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -7,6 +11,7 @@ from torch.nn import functional as F
 from mmptq.models.convert_lavt import convert_lavt_state_dict, lavt_state_dicts
 from mmptq.registry import MODELS
 
+ROOT = Path(__file__).resolve().parents[2]
 EMBED, DEPTHS, HEADS, WINDOW = 16, (2, 1, 1, 1), (1, 1, 2, 2), 4
 TEXT = dict(hidden=24, layers=2, intermediate=32, vocab=30, positions=32)
 
@@ -280,3 +285,25 @@ def test_refuses_what_is_not_lavt():
     model, bert = lavt_state_dicts(dict(
         model={'module.' + k: v for k, v in ckpt['model'].items()}))
     assert bert is None and sorted(model) == sorted(ckpt['model'])
+
+
+def test_tool_converts_a_file(tmp_path):
+    """``tools/convert_lavt.py SRC DST``: the saved file holds the converted
+    state (what ``convert_lavt_state_dict`` gives, under ``state_dict``) and
+    names its converter; SRC is untouched."""
+    ckpt = lavt_checkpoint(lavt_one=False, pooler=True)
+    src, dst = tmp_path / 'lavt.pth', tmp_path / 'out' / 'lavt_mmptq.pth'
+    torch.save(ckpt, src)
+    before = src.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools' / 'convert_lavt.py'), str(src),
+         str(dst)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert src.read_bytes() == before
+    saved = torch.load(dst, map_location='cpu', weights_only=True)
+    expected = convert_lavt_state_dict(*lavt_state_dicts(ckpt))
+    assert sorted(saved['state_dict']) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.equal(saved['state_dict'][key], value), key
+    assert saved['meta']['converter'] == \
+        'mmptq.apis.convert_lavt_checkpoint'
