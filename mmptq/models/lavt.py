@@ -26,6 +26,7 @@ from mmdet.models.detectors import BaseDetector
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.structures import DetDataSample
 from mmengine.config import ConfigDict
+from mmengine.logging import print_log
 from mmengine.model.weight_init import trunc_normal_init
 from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
@@ -341,6 +342,10 @@ class LAVT(BaseDetector):
         text_encoder = dict(text_encoder)
         pretrained = text_encoder.pop('pretrained', None)
         self.tokenizer_dir = tokenizer or pretrained
+        self.text_encoder_dir = pretrained
+        if pretrained is not None:
+            self.register_load_state_dict_pre_hook(
+                LAVT._text_encoder_from_pretrained)
         self.text_encoder = build_text_encoder(
             pretrained, text_encoder.pop('config', None),
             config_dir=self.tokenizer_dir, **text_encoder)
@@ -367,6 +372,22 @@ class LAVT(BaseDetector):
         self.register_buffer('class_weight',
                              torch.tensor(class_weight, dtype=torch.float),
                              persistent=False)
+
+    @staticmethod
+    def _text_encoder_from_pretrained(module: 'LAVT', state_dict: Dict,
+                                      prefix: str, *args) -> None:
+        """A checkpoint without ``text_encoder.*`` keys (the demo's, whose
+        frozen text encoder is the pretrained one) keeps the weights read
+        from ``text_encoder.pretrained``; a checkpoint with them (a
+        fine-tuned or quantized model) loads its own."""
+        head = prefix + 'text_encoder.'
+        if any(k.startswith(head) for k in state_dict):
+            return
+        for key, value in module.text_encoder.state_dict().items():
+            state_dict[head + key] = value
+        print_log(f'LAVT: the checkpoint has no text encoder weights; '
+                  f'using those of {module.text_encoder_dir}',
+                  logger='current')
 
     def init_weights(self) -> None:
         """The children's own initialisation; the language gates as LAVT's

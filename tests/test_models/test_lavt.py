@@ -402,6 +402,42 @@ def test_text_encoder_sources(tokenizer_dir, tmp_path):
         model.tokenize(['red car'])
 
 
+def test_checkpoint_without_text_encoder_keeps_pretrained(tokenizer_dir,
+                                                          tmp_path):
+    """A state dict without ``text_encoder.*`` (the shipped demo checkpoint:
+    its frozen text encoder is the pretrained one) loads strictly and keeps
+    the weights of ``text_encoder.pretrained``; one with them loads them;
+    a model without ``pretrained`` still needs them."""
+    torch.manual_seed(1)
+    bert = transformers.BertModel(transformers.BertConfig(
+        hidden_size=TEXT_HIDDEN, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, vocab_size=len(WORDS) + 5,
+        max_position_embeddings=32), add_pooling_layer=False)
+    bert.save_pretrained(str(tmp_path / 'bert'))
+    cfg = dict(text_encoder=dict(pretrained=str(tmp_path / 'bert')),
+               freeze_text_encoder=True)
+    trained = tiny_lavt(tokenizer_dir, seed=2, **cfg)
+    state = {k: v for k, v in trained.state_dict().items()
+             if not k.startswith('text_encoder.')}
+    model = tiny_lavt(tokenizer_dir, seed=3, **cfg)
+    model.load_state_dict(state, strict=True)
+    for key, value in model.state_dict().items():
+        if key.startswith('text_encoder.'):
+            torch.testing.assert_close(
+                value, bert.state_dict()[key[len('text_encoder.'):]])
+        else:
+            torch.testing.assert_close(value, trained.state_dict()[key])
+    # with text encoder keys, those load
+    tuned = {k: v + 1 if k.startswith('text_encoder.') else v
+             for k, v in trained.state_dict().items()}
+    model.load_state_dict(tuned, strict=True)
+    key = 'text_encoder.encoder.layer.0.output.dense.weight'
+    torch.testing.assert_close(model.state_dict()[key], tuned[key])
+    # without `pretrained` there is nothing to fall back to
+    with pytest.raises(RuntimeError, match='Missing key'):
+        tiny_lavt(tokenizer_dir).load_state_dict(state, strict=True)
+
+
 def test_freeze_text_encoder(tokenizer_dir):
     model = tiny_lavt(tokenizer_dir, freeze_text_encoder=True)
     model.train()
