@@ -13,9 +13,14 @@
 #    (OutlierReorderQuantizer, max_groups = the reference's max_iters);
 #    the regex names the Linear layers only, so that the text encoder's
 #    attention matmul operands keep the generic activation quantizer;
-#  - weights: per output channel, asymmetric, step x zero point grid search
-#    (L2.4, MSEGridObserver): the reference's UniformAffineQuantizer with
-#    scale_method 'mse', channel_wise=True;
+#  - weights: per output channel, asymmetric, range by the L2.4 shrink
+#    search of [min, max] (MSEObserver, 100 candidates). The reference's
+#    UniformAffineQuantizer (scale_method 'mse', channel_wise=True) runs
+#    the step x zero point grid (MSEGridObserver: 100 x 2^b candidates,
+#    which contains these 100): on a 384x1536 weight at 4 bits it costs 9x
+#    the time (94 s vs 11 s on 2 shared CPU cores; at 8 bits 16x more) for
+#    1.3 % less weight MSE (0.01167 vs 0.01182 relative). Set
+#    weight=dict(observer=dict(type='MSEGridObserver')) for the reference's;
 #  - other activations: per tensor, asymmetric, range by the L2.4 shrink
 #    search of [min, max] (MSEObserver), per batch and averaged; the
 #    reference's 'mse' activation init is the step x zero point grid search
@@ -36,7 +41,7 @@ quant_cfg = dict(
     weight=dict(
         type='UniformQuantizer',
         granularity='channel',
-        observer=dict(type='MSEGridObserver')),
+        observer=dict(type='MSEObserver', p=2.4)),
     act=dict(
         type='UniformQuantizer',
         granularity='tensor',

@@ -13,11 +13,14 @@ from mmptq.apis import list_presets, load_quant_cfg, resolve_quant_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: the papers' configs (PTQ4SAM's, whose models load SAM and detector
-#: checkpoints when built, have their own tests: test_ptq4sam_configs.py)
+#: checkpoints when built, and PTQ4RIS's, whose LAVT reads a tokenizer
+#: directory, have their own tests: test_ptq4sam_configs.py,
+#: tests/test_models/test_lavt.py)
 CONFIGS = sorted(
     p for p in glob.glob(osp.join(ROOT, 'configs', 'mm*', '**', '*.py'),
                          recursive=True)
-    if osp.join('mmdet', 'ptq4sam') not in p)
+    if osp.join('mmdet', 'ptq4sam') not in p
+    and osp.join('mmdet', 'ptq4ris') not in p)
 #: configs that quantize (file names end with the preset: ..._w4a4.py)
 EXAMPLES = [p for p in CONFIGS if re.search(r'_w\d+a\d+\.py$', p)]
 
@@ -153,13 +156,14 @@ PRESET_CLAIMS = {
     # every mmcv FFN's second Linear (`ffn.layers.1`) ... RORQ: the input of
     # every Linear of the text encoder (query / key / value / dense) in up
     # to 10 groups ... weights: per output channel, asymmetric, ...
-    # MSEGridObserver ... other activations: per tensor, asymmetric, ...
-    # L2.4 shrink search of [min, max] (MSEObserver) ... 32 samples, one
+    # L2.4 shrink search of [min, max] (MSEObserver, 100 candidates) ...
+    # other activations: per tensor, asymmetric, ... L2.4 shrink search of
+    # [min, max] (MSEObserver) ... 32 samples, one
     # per batch, ... parallel ... no reconstruction"
     'ptq4ris_w4a4': (None, dict(
         w_bits=4, a_bits=4,
         weight=dict(type='UniformQuantizer', granularity='channel',
-                    observer=dict(type='MSEGridObserver')),
+                    observer=dict(type='MSEObserver', p=2.4)),
         act=dict(type='UniformQuantizer', granularity='tensor',
                  observer=dict(type='MSEObserver', p=2.4)),
         attn__softmax=dict(type='DualRegionQuantizer', region='softmax'),
@@ -381,11 +385,7 @@ def test_ptq4ris_presets_quantize_a_ris_toy(name):
     fresh = copy.deepcopy(model)
     data = [(torch.randn(1, 9, 12), torch.randn(1, 5, 16))
             for _ in range(2)]
-    # the preset with min/max weights (its 8-bit step x zero point grid
-    # search takes minutes on CPU; the weights are not what is tested)
-    cfg = dict(resolve_quant_cfg(name))
-    cfg['weight'] = dict(cfg['weight'], observer=dict(type='MinMaxObserver'))
-    cfg = resolve_quant_cfg(cfg)
+    cfg = resolve_quant_cfg(name)
     _, summary = quantize_model(model, cfg, data)
     kinds = {n: type(m).__name__ for n, m in model.named_modules()
              if isinstance(m, (DualRegionQuantizer, OutlierReorderQuantizer))}
