@@ -1,7 +1,7 @@
 """mmptq's command lines: ``python -m mmptq.tools.<name>`` (or the
 ``mmptq-<name>`` scripts, or ``tools/<name>.py`` in a checkout) for
-``test``, ``quantize``, ``benchmark``, ``export``, ``analyze``, ``train``
-and ``convert_itpn``.
+``test``, ``quantize``, ``benchmark``, ``export``, ``analyze``, ``train``,
+``convert_itpn`` and ``convert_lavt``.
 
 Each module parses its arguments with only argparse and :mod:`.args`
 loaded (``--help`` does not import torch), then imports the stack
