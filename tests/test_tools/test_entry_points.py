@@ -69,3 +69,11 @@ def test_deferred_import_registers_after_parsing():
         env=dict(os.environ, MMPTQ_DEFER_IMPORTS='1'))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == 'quantize_model'
+
+
+def test_every_tool_has_a_console_script():
+    with open(osp.join(ROOT, 'setup.py'), encoding='utf-8') as f:
+        source = f.read()
+    block = source[source.index("'console_scripts'"):]
+    block = block[:block.index(']}')]
+    assert all(f"'{name}'" in block for name in TOOLS), (TOOLS, block)
