@@ -19,6 +19,13 @@ dir; with ``--budget`` (or a quant_cfg with ``mixed_precision``) it also
 allocates per-op bits under the budget and writes them as
 ``mixed_precision.py``, a quant_cfg for ``--quant-cfg``
 (``mmptq.apis.sensitivity``).
+
+    python -m mmptq.tools.analyze --rorq-study
+
+runs PTQ4RIS's RORQ study instead (no config): the SQNR of the real
+all-MiniLM-L6-v2's output features on the mnist_ref demo expressions at
+A8/A6/A4, plain per-tensor input quantizers vs RORQ, and the groups RORQ
+finds per layer (``mmptq.apis.rorq_study``, docs/methods/ptq4ris.md).
 """
 import argparse
 import json
@@ -29,7 +36,7 @@ from mmptq.tools.args import description, load_stack
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description(__doc__))
-    parser.add_argument('configs', nargs='+',
+    parser.add_argument('configs', nargs='*',
                         help="config files or packaged ones ('mmdet::...')")
     parser.add_argument('--quant-cfg', nargs='+', default=['w8a8'],
                         help='preset names or quant config files')
@@ -40,6 +47,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--coverage', action='store_true',
                         help='print the per-kind coverage of each model')
     parser.add_argument('--out', help='write the results as JSON here')
+    parser.add_argument('--rorq-study', action='store_true',
+                        help='no config: the RORQ study of the MiniLM text '
+                        'encoder (mmptq.apis.rorq_study, data under data/)')
     sens = parser.add_argument_group('sensitivity and mixed precision')
     sens.add_argument('--sensitivity', action='store_true',
                       help='per-op sensitivity of each config (first '
@@ -57,6 +67,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     sens.add_argument('--calib-samples', type=int)
     sens.add_argument('--work-dir', default='work_dirs/analyze')
     args = parser.parse_args(argv)
+    if bool(args.configs) == args.rorq_study:
+        parser.error('give configs, or --rorq-study without one')
     if args.checkpoint and len(args.configs) > 1:
         parser.error('--checkpoint takes one config')
     return args
@@ -86,6 +98,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from mmptq.apis import load_quant_cfg
     from mmptq.apis.analyze import (build_random_model, quantization_sqnr,
                                     synthetic_batch)
+    if args.rorq_study:
+        from mmptq.apis.rorq_study import rorq_study
+        print(rorq_study().markdown())
+        return None
     if args.sensitivity:
         return sensitivity(args)
     rows = []
