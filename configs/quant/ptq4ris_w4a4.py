@@ -52,6 +52,10 @@ quant_cfg = dict(
     reconstruction=None,
     calib=dict(num_samples=32, batch_size=1, mode='parallel'),
     overrides=dict(
+        # the image input of the first op (LAVT: the patch embedding) at 8
+        # bits, as the w4a4 preset's rule of the same name (the reference:
+        # a_bit=32 on every Conv2d, i.e. the patch embedding's input FP)
+        first_layer=dict(first_op=True, a_bits=8),
         drq_post_gelu=dict(
             name=r'(.*\.)?ffn\.layers\.1',
             act=dict(type='DualRegionQuantizer', region='gelu')),

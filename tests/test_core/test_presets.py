@@ -152,7 +152,8 @@ PRESET_CLAIMS = {
         QDROP, reconstruction=dict(type='BRECQReconstruction'))),
     'pdquant_w4a4': ('qdrop_w4a4', dict(
         reconstruction=dict(type='PDQuantReconstruction'))),
-    # PTQ4RIS: "DRQ ... post-Softmax (attn.softmax) ... post-GELU input of
+    # PTQ4RIS: "the image input of the first op ... at 8 bits ... DRQ ...
+    # post-Softmax (attn.softmax) ... post-GELU input of
     # every mmcv FFN's second Linear (`ffn.layers.1`) ... RORQ: the input of
     # every Linear of the text encoder (query / key / value / dense) in up
     # to 10 groups ... weights: per output channel, asymmetric, ...
@@ -169,6 +170,7 @@ PRESET_CLAIMS = {
         attn__softmax=dict(type='DualRegionQuantizer', region='softmax'),
         calib__num_samples=32, calib__batch_size=1, calib__mode='parallel',
         overrides=[
+            dict(first_op=True, a_bits=8),
             dict(name=r'(.*\.)?ffn\.layers\.1',
                  act=dict(type='DualRegionQuantizer', region='gelu')),
             dict(name=r'text_encoder\..*\.(query|key|value|dense)',

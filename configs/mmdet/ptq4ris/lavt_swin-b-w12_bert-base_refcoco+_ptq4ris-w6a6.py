@@ -10,4 +10,9 @@
 #       checkpoints/ptq4ris/lavt_swin-b-w12_bert-base_refcoco+.pth --fp-baseline
 _base_ = ['./lavt_swin-b-w12_bert-base_refcoco+.py', '../../quant/ptq4ris_w6a6.py']
 test_cfg = dict(type='mmptq.QuantTestLoop')
-quant_cfg = dict(calib=dict(num_samples=32, batch_size=1, split='train'))
+# as PTQ4RIS's reference (ptq4vit_utils/net_wrap.py): the pixel-word
+# attention modules, language gates and decoder stay FP
+quant_cfg = dict(
+    calib=dict(num_samples=32, batch_size=1, split='train'),
+    overrides=dict(lavt_fp_parts=dict(
+        name=r'(fusions|gates|decoder)(\..*)?', skip=True)))
