@@ -2,7 +2,7 @@
 made): the config's Runner trains; the last checkpoint can be published
 without optimizer state."""
 import os.path as osp
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config
@@ -15,11 +15,13 @@ def train_model(cfg: Config,
                 resume: Optional[str] = None,
                 seed: Optional[int] = None,
                 publish: Optional[str] = None,
-                publish_dtype: str = 'float32') -> None:
+                publish_dtype: str = 'float32',
+                publish_exclude: Sequence[str] = ()) -> None:
     """Train with the config's Runner. ``resume``: 'auto' (the latest
     checkpoint in the work_dir) or a checkpoint path; ``publish``: write the
     last checkpoint's weights (no optimizer state) there, floating-point
-    tensors in ``publish_dtype``."""
+    tensors in ``publish_dtype``, without the keys under the prefixes
+    ``publish_exclude``."""
     if resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif resume is not None:
@@ -32,6 +34,7 @@ def train_model(cfg: Config,
     if publish and runner.rank == 0:
         with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
             src = f.read().strip()
-        sha = publish_checkpoint(src, publish, getattr(torch, publish_dtype))
+        sha = publish_checkpoint(src, publish, getattr(torch, publish_dtype),
+                                 tuple(publish_exclude))
         runner.logger.info(f'published {src} -> {publish} '
                            f'(sha256 {sha[:8]})')

@@ -261,6 +261,7 @@ def install_safe_loader(unsafe: bool = False) -> Optional[Callable]:
 
 def publish_checkpoint(src: str, dst: str,
                        dtype: Optional[torch.dtype] = None,
+                       exclude: Tuple[str, ...] = (),
                        meta_keys: Tuple[str, ...] = (
                            'mmengine_version', 'dataset_meta', 'epoch',
                            'iter', 'seed', 'experiment_name', 'cfg')
@@ -269,12 +270,18 @@ def publish_checkpoint(src: str, dst: str,
     state to ``dst`` (the upstream ``publish_model`` step); returns dst's
     sha256. Only ``meta_keys`` of its ``meta`` are kept; with ``dtype``
     (e.g. ``torch.float16``) floating-point tensors are stored in it
-    (loading casts them back to the model's dtype)."""
+    (loading casts them back to the model's dtype); keys starting with an
+    ``exclude`` prefix are left out (a frozen pretrained part that the
+    model reads from elsewhere, e.g. the demo LAVT's ``text_encoder.``)."""
     ckpt = load_checkpoint_file(src)
     if 'state_dict' not in ckpt:
         raise KeyError(f'{src} has no "state_dict": not a Runner checkpoint')
     meta = {k: v for k, v in ckpt.get('meta', {}).items() if k in meta_keys}
     state = ckpt['state_dict']
+    if exclude:
+        state = type(state)((k, v) for k, v in state.items()
+                            if not k.startswith(tuple(exclude)))
+        meta['excluded'] = list(exclude)
     if dtype is not None:
         state = type(state)((k, v.to(dtype) if v.is_floating_point() else v)
                             for k, v in state.items())

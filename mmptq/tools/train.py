@@ -28,6 +28,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         default='float32',
                         help='store the published floating-point weights '
                         'in this dtype (float16 halves the file)')
+    parser.add_argument('--publish-exclude', nargs='+', default=[],
+                        metavar='PREFIX',
+                        help='leave the weights under these key prefixes out '
+                        'of the published file (a frozen pretrained part the '
+                        'config reads from elsewhere, e.g. text_encoder.)')
     return parse(parser, argv)
 
 
@@ -37,7 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from mmptq.apis.cli import load_run_cfg
     from mmptq.apis.train import train_model
     train_model(load_run_cfg(args), resume=args.resume, seed=args.seed,
-                publish=args.publish, publish_dtype=args.publish_dtype)
+                publish=args.publish, publish_dtype=args.publish_dtype,
+                publish_exclude=args.publish_exclude)
 
 
 if __name__ == '__main__':
