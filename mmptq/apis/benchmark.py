@@ -56,13 +56,18 @@ DEMO_MODELS: Dict[str, tuple] = {
                   'checkpoints/demo/segformer_mit-mini_mnist-seg.pth'),
     'sam': ('configs/demo/sam-mini_mnist-det.py',
             'checkpoints/demo/sam-mini_mnist-det.pth'),
+    'lavt': ('configs/demo/lavt_swin-mini_minilm_mnist-ref.py',
+             'checkpoints/demo/lavt_swin-mini_minilm_mnist-ref.pth'),
 }
 
 #: evaluator key -> (column name, factor to points). COCO APs are reported
-#: x100 like the papers' tables; mIoU and top-1 already are percentages.
+#: x100 like the papers' tables; mIoU, top-1 and RefSegMetric's cIoU (the
+#: overall IoU of the referring segmentation papers, oIoU) already are
+#: percentages.
 PRIMARY_METRICS: Dict[str, tuple] = {
     'coco/bbox_mAP': ('APbox', 100.0),
     'coco/segm_mAP': ('APmask', 100.0),
+    'cIoU': ('oIoU', 1.0),
     'mIoU': ('mIoU', 1.0),
     'accuracy/top1': ('top-1', 1.0),
 }

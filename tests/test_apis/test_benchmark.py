@@ -166,6 +166,20 @@ def test_train_and_publish(tiny):
             assert torch.equal(got, v)
 
 
+def test_publish_leaves_out_excluded_prefixes(tmp_path):
+    """``exclude``: the keys under those prefixes are not written (the demo
+    LAVT's frozen pretrained text encoder), the rest unchanged."""
+    src, dst = str(tmp_path / 'full.pth'), str(tmp_path / 'out.pth')
+    state = {'text_encoder.w': torch.ones(2), 'text_encoder_head.w':
+             torch.zeros(3), 'decoder.w': torch.full((2,), 3.0)}
+    torch.save(dict(state_dict=state, meta=dict(epoch=2)), src)
+    publish_checkpoint(src, dst, exclude=('text_encoder.', ))
+    out = load_checkpoint_file(dst)
+    assert sorted(out['state_dict']) == ['decoder.w', 'text_encoder_head.w']
+    assert torch.equal(out['state_dict']['decoder.w'], state['decoder.w'])
+    assert out['meta'] == dict(epoch=2, excluded=['text_encoder.'])
+
+
 def test_publish_rejects_non_runner_checkpoints(tmp_path):
     src = str(tmp_path / 'raw.pth')
     torch.save({'weight': torch.ones(2)}, src)
@@ -181,6 +195,9 @@ def test_primary_metrics():
     assert primary_metrics({'coco/bbox_mAP': 0.671}) == {'APbox': 67.1}
     assert primary_metrics({'mIoU': 71.5, 'aAcc': 90.0}) == {'mIoU': 71.5}
     assert primary_metrics({'accuracy/top1': 97.25}) == {'top-1': 97.25}
+    # RefSegMetric's cIoU is the referring-segmentation papers' oIoU
+    assert primary_metrics({'cIoU': 61.5, 'mIoU': 58.0}) == {
+        'oIoU': 61.5, 'mIoU': 58.0}
     # an evaluator mmptq does not know: every scalar
     assert primary_metrics({'f1': 0.5, 'name': 'x'}) == {'f1': 0.5}
 
