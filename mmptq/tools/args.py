@@ -114,3 +114,22 @@ def description(doc: Optional[str]) -> str:
     """A tool's ``--help`` description: the first paragraph of its
     docstring."""
     return (doc or '').split('\n\n')[0]
+
+
+def run_converter(doc: Optional[str], release: str,
+                  argv: Optional[Sequence[str]] = None) -> None:
+    """The command line of a checkpoint converter: SRC, DST, ``--config``,
+    ``--unsafe-load``, then ``mmptq.apis.convert.convert_<release>_
+    checkpoint`` (``release``: 'itpn', 'lavt')."""
+    parser = argparse.ArgumentParser(description=description(doc))
+    parser.add_argument('src', help='the released checkpoint')
+    parser.add_argument('dst', help='where to write the converted one')
+    parser.add_argument('--config', help='check against this config')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='load SRC with weights_only=False (only for '
+                        'files you trust)')
+    args = parser.parse_args(argv)
+    load_stack()
+    from mmptq.apis import convert
+    getattr(convert, f'convert_{release}_checkpoint')(
+        args.src, args.dst, config=args.config, unsafe=args.unsafe_load)
