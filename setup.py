@@ -54,6 +54,6 @@ setup(
     entry_points={'console_scripts': [
         f'mmptq-{name} = mmptq.tools.{name}:main'
         for name in ('test', 'quantize', 'benchmark', 'export', 'analyze',
-                     'train', 'convert_itpn', 'convert_lavt')]},
+                     'train', 'convert_itpn', 'convert_lavt', 'build_data')]},
     zip_safe=False,
 )

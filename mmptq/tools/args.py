@@ -6,7 +6,7 @@ import argparse
 import ast
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import DictAction
 
@@ -36,6 +36,19 @@ def demo_names() -> List[str]:
                 and isinstance(node.value, ast.Dict):
             return [ast.literal_eval(k) for k in node.value.keys]
     return []
+
+
+def dataset_defaults() -> Tuple[List[str], Dict[str, Tuple[int, int]]]:
+    """``DATASETS`` and ``DEFAULT_NUM`` of ``mmptq.datasets.builders``,
+    read from its source (importing it would import torch)."""
+    path = PACKAGE_DIR / 'datasets' / 'builders.py'
+    found = {}
+    for node in ast.parse(path.read_text(encoding='utf-8')).body:
+        if isinstance(node, ast.Assign) and isinstance(
+                node.targets[0], ast.Name) and node.targets[0].id in (
+                    'DATASETS', 'DEFAULT_NUM'):
+            found[node.targets[0].id] = ast.literal_eval(node.value)
+    return list(found['DATASETS']), dict(found['DEFAULT_NUM'])
 
 
 def load_stack() -> None:
