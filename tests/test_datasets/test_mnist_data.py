@@ -324,6 +324,10 @@ def test_cli(mnist_dir, tmp_path, monkeypatch, capsys):
     argv = [script, '--out', out, '--mnist-dir', mnist_dir, '--num-train',
             '3', '--num-val', '2', '--no-progress', '--check']
     monkeypatch.setattr(sys, 'argv', argv)
+    # the checkout shim sets MMPTQ_DEFER_IMPORTS for its own start-up (only
+    # the import of mmptq pops it, and mmptq is imported already here):
+    # restore it afterwards, or later subprocesses of this session inherit it
+    monkeypatch.setenv('MMPTQ_DEFER_IMPORTS', '0')
     with pytest.raises(SystemExit) as e:
         runpy.run_path(script, run_name='__main__')
     assert e.value.code == 0
