@@ -123,12 +123,17 @@ def tensor_outputs(model: nn.Module, scope: str, batch: dict) -> List[Tensor]:
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
+def db(signal: float, noise: float) -> float:
+    """10·log10(signal / noise); inf without noise."""
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
 def sqnr_db(ref: Sequence[Tensor], out: Sequence[Tensor]) -> float:
     """10·log10(Σ ref² / Σ (ref − out)²) over all tensors."""
     signal = sum(float(r.double().pow(2).sum()) for r in ref)
     noise = sum(float((r.double() - o.double()).pow(2).sum())
                 for r, o in zip(ref, out))
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+    return db(signal, noise)
 
 
 @dataclass

@@ -24,7 +24,6 @@ alone (its quantizer's output against its input, in the quantized model).
     python -m mmptq.tools.analyze --rorq-study
 """
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,7 +37,7 @@ from mmptq.core import quantize_model
 from mmptq.datasets.minilm import minilm_dir
 from mmptq.datasets.refer import load_refs
 from mmptq.quantizers import OutlierReorderQuantizer
-from .analyze import sqnr_db
+from .analyze import db, sqnr_db
 
 #: the study's input quantizers of the Linear layers (``quant_cfg.act``)
 METHODS: Dict[str, dict] = {
@@ -214,8 +213,7 @@ def input_sqnr(model: nn.Module, names: Sequence[str],
     finally:
         for h in handles:
             h.remove()
-    return hidden, {n: math.inf if e == 0 else 10 * math.log10(s / e)
-                    for n, (s, e) in sums.items()}
+    return hidden, {n: db(s, e) for n, (s, e) in sums.items()}
 
 
 @dataclass

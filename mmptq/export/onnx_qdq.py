@@ -130,8 +130,12 @@ class ExportSummary:
 
 def _qdq_reason(q: nn.Module) -> str:
     """Why ``q`` cannot be a QDQ pair ('' when it can)."""
+    # a subclass that maps values (fake_quant) or applies its parameters
+    # (quantize_with: RORQ gathers per-group ones per channel) its own way
+    # is not one QDQ pair
     if not isinstance(q, UniformQuantizer) or \
-            type(q).fake_quant is not UniformQuantizer.fake_quant:
+            type(q).fake_quant is not UniformQuantizer.fake_quant or \
+            type(q).quantize_with is not UniformQuantizer.quantize_with:
         return 'not uniform'
     if q.granularity == 'group':
         return 'per-group scales'

@@ -136,14 +136,8 @@ class AGQQuantizer(LogQuantizer):
                 f'after the matmul with V, but got no V: use it as '
                 f'quant_cfg.attn.softmax (the attention capture passes V)')
         errors, scales = agq_search(x, value, self.bits, self.taus, self.p)
-        self.observer.update(
-            torch.stack([errors, scales], dim=1).to(x.device), self)
-        self.update_qparams()
-        self.observing = False
-        try:
-            return super().forward(x)
-        finally:
-            self.observing = True
+        return self.forward_searched(
+            x, torch.stack([errors, scales], dim=1).to(x.device))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', taus={self.taus}'

@@ -207,9 +207,12 @@ class BaseQuantizer(nn.Module):
         self.observer = None
         self.set_qparams(self.scale, self.zero_point)
 
+    #: buffers whose shapes are known only after calibration: loading a
+    #: checkpoint gives them its shapes first (subclasses add theirs)
+    CALIBRATED_SHAPES: Tuple[str, ...] = ('scale', 'zero_point')
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # scale / zero_point shapes are known only after calibration
-        for key in ('scale', 'zero_point'):
+        for key in self.CALIBRATED_SHAPES:
             if prefix + key in state_dict:
                 setattr(self, key, torch.empty_like(state_dict[prefix + key]))
         # a frozen checkpoint (parameters, no observer state) loads frozen
@@ -221,6 +224,19 @@ class BaseQuantizer(nn.Module):
             # frozen without data (see ``freeze``): stays FP
             self.enabled = state_dict[prefix + 'scale'].numel() > 0
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward_searched(self, x: Tensor, rows: Tensor) -> Tensor:
+        """The forward of a quantizer that searches its parameters itself
+        (AGQ, DRQ): its observer takes ``rows`` (this batch's search
+        result), the parameters follow, and ``x`` is quantized with them
+        (the observer is not fed ``x`` itself)."""
+        self.observer.update(rows, self)
+        self.update_qparams()
+        self.observing = False
+        try:
+            return BaseQuantizer.forward(self, x)
+        finally:
+            self.observing = True
 
     def forward(self, x: Tensor) -> Tensor:
         if self.observing:

@@ -199,13 +199,7 @@ class DualRegionQuantizer(BaseQuantizer):
 
     def forward(self, x: Tensor, value: Optional[Tensor] = None) -> Tensor:
         if self.observing:
-            self.observer.update(self.search(x, value), self)
-            self.update_qparams()
-            self.observing = False
-            try:
-                return super().forward(x)
-            finally:
-                self.observing = True
+            return self.forward_searched(x, self.search(x, value))
         return super().forward(x)
 
     def extra_repr(self) -> str:

@@ -29,6 +29,9 @@ class PTFQuantizer(UniformQuantizer):
     Before any search every α_c = K (plain layer-wise quantization).
     """
 
+    # one α per channel
+    CALIBRATED_SHAPES = UniformQuantizer.CALIBRATED_SHAPES + ('alpha', )
+
     def __init__(self,
                  bits: int = 8,
                  max_alpha: int = 3,
@@ -108,11 +111,6 @@ class PTFQuantizer(UniformQuantizer):
     def freeze(self) -> None:
         super().freeze()
         self._errors = None
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + 'alpha' in state_dict:  # one entry per channel
-            self.alpha = torch.empty_like(state_dict[prefix + 'alpha'])
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', max_alpha={self.max_alpha}'

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from mmptq.registry import QUANTIZERS
-from .base import BaseQuantizer, round_ste
+from .uniform import UniformQuantizer
 
 
 def outlier_groups(stat: Tensor, max_groups: int = 10,
@@ -80,7 +80,7 @@ def outlier_groups(stat: Tensor, max_groups: int = 10,
 
 
 @QUANTIZERS.register_module()
-class OutlierReorderQuantizer(BaseQuantizer):
+class OutlierReorderQuantizer(UniformQuantizer):
     """Reorder-based Outlier-Retained Quantization (RORQ; PTQ4RIS, Jiang et
     al. 2025): the channels (last axis: a Linear's input, channels last;
     not for Conv inputs) in groups by :func:`outlier_groups` of m_c = max |x_c|; group g
@@ -107,20 +107,23 @@ class OutlierReorderQuantizer(BaseQuantizer):
         name: layer name used in messages.
     """
 
+    # group / perm: one entry per channel, known after calibration
+    CALIBRATED_SHAPES = UniformQuantizer.CALIBRATED_SHAPES + ('group',
+                                                               'perm')
+
     def __init__(self,
                  bits: int = 8,
                  max_groups: int = 10,
                  k: float = 3.0,
                  observer: Optional[dict] = None,
                  name: str = '') -> None:
-        super().__init__(bits=bits, granularity='channel', ch_axis=-1,
-                         observer=observer, name=name)
+        super().__init__(bits=bits, symmetric=False, granularity='channel',
+                         ch_axis=-1, observer=observer, name=name)
         if max_groups < 1:
             raise ValueError(f'{name or "OutlierReorderQuantizer"}: '
                              f'max_groups={max_groups} must be >= 1')
         self.max_groups = max_groups
         self.k = k
-        self.quant_min, self.quant_max = 0, 2**bits - 1
         self.register_buffer('group', torch.empty(0, dtype=torch.long))
         self.register_buffer('perm', torch.empty(0, dtype=torch.long))
 
@@ -139,18 +142,9 @@ class OutlierReorderQuantizer(BaseQuantizer):
             0, group, lo, 'amin')
         g_hi = torch.zeros(num, device=hi.device).scatter_reduce(
             0, group, hi, 'amax')
-        scale = ((g_hi - g_lo) / self.quant_max).clamp(
-            min=torch.finfo(torch.float32).tiny)
-        zero_point = (-torch.round(g_lo / scale)).clamp(0, self.quant_max)
         self.group = group
         self.perm = torch.sort(group, stable=True).indices
-        self.set_qparams(scale, zero_point)
-
-    def fake_quant(self, x: Tensor, scale: Tensor,
-                   zero_point: Tensor) -> Tensor:
-        q = torch.clamp(round_ste(x / scale) + zero_point, self.quant_min,
-                        self.quant_max)
-        return (q - zero_point) * scale
+        self.set_qparams(*self.qparams_from_range(g_lo, g_hi))
 
     def quantize_with(self, x: Tensor, scale: Tensor,
                       zero_point: Tensor) -> Tensor:
@@ -161,13 +155,6 @@ class OutlierReorderQuantizer(BaseQuantizer):
                 f'{self.group.numel()} input channels, got a '
                 f'{tuple(x.shape)} input')
         return self.fake_quant(x, scale[self.group], zero_point[self.group])
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # group / perm have one entry per channel, known after calibration
-        for key in ('group', 'perm'):
-            if prefix + key in state_dict:
-                setattr(self, key, torch.empty_like(state_dict[prefix + key]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f', max_groups={self.max_groups}, '
