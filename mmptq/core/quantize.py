@@ -245,6 +245,9 @@ def prepare(model: nn.Module,
         aq = _input_quantizer(rule['act'], rule['a_bits'], name,
                               call_counts.get(name, 1))
         new.attach(wq, aq)
+        for q in aq.modules() if aq is not None else ():
+            if hasattr(q, 'bind_consumer'):  # calibrated by the op's output
+                q.bind_consumer(new)
         if calibrate_weights:
             new.calibrate_weight()
         _replace(holders, mod, new)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from mmptq.registry import QUANTIZERS
-from .uniform import UniformQuantizer
+from .grouped import GroupedChannelQuantizer
 
 
 def outlier_groups(stat: Tensor, max_groups: int = 10,
@@ -80,7 +80,7 @@ def outlier_groups(stat: Tensor, max_groups: int = 10,
 
 
 @QUANTIZERS.register_module()
-class OutlierReorderQuantizer(UniformQuantizer):
+class OutlierReorderQuantizer(GroupedChannelQuantizer):
     """Reorder-based Outlier-Retained Quantization (RORQ; PTQ4RIS, Jiang et
     al. 2025): the channels (last axis: a Linear's input, channels last;
     not for Conv inputs) in groups by :func:`outlier_groups` of m_c = max |x_c|; group g
@@ -107,61 +107,27 @@ class OutlierReorderQuantizer(UniformQuantizer):
         name: layer name used in messages.
     """
 
-    # group / perm: one entry per channel, known after calibration
-    CALIBRATED_SHAPES = UniformQuantizer.CALIBRATED_SHAPES + ('group',
-                                                               'perm')
-
     def __init__(self,
                  bits: int = 8,
                  max_groups: int = 10,
                  k: float = 3.0,
                  observer: Optional[dict] = None,
                  name: str = '') -> None:
-        super().__init__(bits=bits, symmetric=False, granularity='channel',
-                         ch_axis=-1, observer=observer, name=name)
+        super().__init__(bits=bits, observer=observer, name=name)
         if max_groups < 1:
             raise ValueError(f'{name or "OutlierReorderQuantizer"}: '
                              f'max_groups={max_groups} must be >= 1')
         self.max_groups = max_groups
         self.k = k
-        self.register_buffer('group', torch.empty(0, dtype=torch.long))
-        self.register_buffer('perm', torch.empty(0, dtype=torch.long))
 
-    @property
-    def num_groups(self) -> int:
-        return int(self.scale.numel())
-
-    def update_qparams(self) -> None:
-        """Groups from the channel ranges, then each group's (s_g, z_g)."""
-        lo, hi = self.observer.range()
-        lo, hi = lo.float().clamp(max=0.0), hi.float().clamp(min=0.0)
-        group = outlier_groups(torch.maximum(-lo, hi), self.max_groups,
-                               self.k)
-        num = int(group.max()) + 1
-        g_lo = torch.zeros(num, device=lo.device).scatter_reduce(
-            0, group, lo, 'amin')
-        g_hi = torch.zeros(num, device=hi.device).scatter_reduce(
-            0, group, hi, 'amax')
-        self.group = group
-        self.perm = torch.sort(group, stable=True).indices
-        self.set_qparams(*self.qparams_from_range(g_lo, g_hi))
-
-    def quantize_with(self, x: Tensor, scale: Tensor,
-                      zero_point: Tensor) -> Tensor:
-        # per-group params gathered per channel (the last axis)
-        if x.shape[-1] != self.group.numel():
-            raise RuntimeError(
-                f'{self.name or "OutlierReorderQuantizer"}: calibrated for '
-                f'{self.group.numel()} input channels, got a '
-                f'{tuple(x.shape)} input')
-        return self.fake_quant(x, scale[self.group], zero_point[self.group])
+    def channel_groups(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """:func:`outlier_groups` of m_c = max |x_c|."""
+        return outlier_groups(torch.maximum(-lo.clamp(max=0.0),
+                                            hi.clamp(min=0.0)),
+                              self.max_groups, self.k)
 
     def extra_repr(self) -> str:
-        return (super().extra_repr() + f', max_groups={self.max_groups}, '
-                f'groups={self.num_groups}')
-
-    def describe(self) -> dict:
-        return dict(super().describe(), groups=self.num_groups)
+        return super().extra_repr() + f', max_groups={self.max_groups}'
 
 
 def _permute_(param: Optional[Tensor], perm: Tensor, dim: int) -> None:
@@ -172,14 +138,14 @@ def _permute_(param: Optional[Tensor], perm: Tensor, dim: int) -> None:
 def fold_reorder(perm: Tensor,
                  consumer: nn.Module,
                  producer: Optional[nn.Module] = None,
-                 quantizer: Optional[OutlierReorderQuantizer] = None) -> None:
+                 quantizer: Optional[GroupedChannelQuantizer] = None) -> None:
     """Fold the channel reorder ``perm`` (the new order: new channel i is
     old channel perm[i]) into the weights, in place (see the module
     docstring): the consumer Linear's input columns W[:, perm]; a Linear
     producer's output rows W_p[perm], b_p[perm] (and its per-channel weight
     quantizer's scale / zero point); a LayerNorm producer's γ[perm],
     β[perm] (it must then read its input in the new order). With
-    ``quantizer`` (the consumer's RORQ input quantizer) its ``group``
+    ``quantizer`` (the consumer's RORQ or CAG input quantizer) its ``group``
     becomes group[perm] (contiguous) and ``perm`` the identity.
 
     Args:
