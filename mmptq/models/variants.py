@@ -130,3 +130,89 @@ def shift_keys(state: StateDict, prefix: str = 'mask_decoder.',
         shift = scale * weight.norm(dim=1).max() * sign
         state[key] = (state[key].float() + shift).to(state[key].dtype)
     return state
+
+
+#: (LayerNorm, Linear layers it alone feeds), as key suffixes of one block:
+#: mmpretrain's ViT (ln1 -> attn.qkv, ln2 -> ffn), mmdet's Swin
+#: (norm1 -> attn.w_msa.qkv, norm2 -> ffn), HiViT / timm (mlp.fc1) and
+#: segment-anything's image encoder (mlp.lin1)
+LN_LINEAR_PAIRS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ('ln1', ('attn.qkv', 'attn.w_msa.qkv')),
+    ('norm1', ('attn.qkv', 'attn.w_msa.qkv')),
+    ('ln2', ('ffn.layers.0.0', 'mlp.fc1', 'mlp.lin1')),
+    ('norm2', ('ffn.layers.0.0', 'mlp.fc1', 'mlp.lin1')),
+)
+
+
+def ln_linear_pairs(state: StateDict) -> List[Tuple[str, str]]:
+    """``(norm, linear)`` key prefixes (``'backbone.layers.0.ln1'``,
+    ``'backbone.layers.0.attn.qkv'``) of the LayerNorms in ``state`` whose
+    output feeds only that Linear (:data:`LN_LINEAR_PAIRS`), in key order.
+    A pair counts when the LayerNorm has an affine weight and bias and the
+    Linear a 2-D weight with as many input features."""
+    pairs = []
+    for key in sorted(state):
+        for norm, linears in LN_LINEAR_PAIRS:
+            tail = f'{norm}.weight'
+            if not (key == tail or key.endswith('.' + tail)):
+                continue
+            block = key[:-len(tail)]
+            if f'{block}{norm}.bias' not in state:
+                continue
+            for linear in linears:
+                weight = state.get(f'{block}{linear}.weight')
+                if (weight is not None and weight.dim() == 2
+                        and weight.shape[1] == state[key].numel()):
+                    pairs.append((block + norm, block + linear))
+    return pairs
+
+
+@register_variant('outlier')
+def spread_ln_channels(state: StateDict, decades: float = 1.0,
+                       seed: int = 0) -> StateDict:
+    """Give post-LayerNorm channels a pretrained-like spread of ranges
+    (RepQ-ViT's Fig. 1: a few channels far wider than the rest) without
+    changing the FP function: for each LayerNorm that feeds Linear layers
+    only (:func:`ln_linear_pairs`), channel ``c`` of its affine gets a
+    factor ``s_c = 10^u_c``, ``u_c ~ U(-decades, decades)``,
+
+        γ'_c = s_c γ_c,   β'_c = s_c β_c,   W'[:, c] = W[:, c] / s_c,
+
+    so ``W' LN'(x) = W LN(x)`` (RepQ-ViT's reparameterization, Eq. 6-7,
+    run backwards). Briefly trained models have nearly equal post-LN
+    channel ranges, so per-tensor activation quantization loses little
+    there; this variant restores the case the per-channel methods are for.
+
+    Args:
+        state: the state dict (edited in place and returned).
+        decades: ``u_c`` is uniform in ``[-decades, decades]``.
+        seed: seed of the factors (one generator, LayerNorms in key order).
+    """
+    pairs = ln_linear_pairs(state)
+    if not pairs:
+        raise KeyError('no LayerNorm -> Linear pairs (block keys '
+                       f'{[n for n, _ in LN_LINEAR_PAIRS]} -> '
+                       f'{sorted({s for _, ls in LN_LINEAR_PAIRS for s in ls})})')
+    gen = torch.Generator().manual_seed(seed)
+    factors: Dict[str, Tensor] = {}
+    for norm, linear in pairs:
+        if norm not in factors:
+            channels = state[f'{norm}.weight'].numel()
+            u = torch.rand(channels, generator=gen, dtype=torch.float64)
+            factors[norm] = 10.0**((2 * u - 1) * decades)
+            for name in ('weight', 'bias'):
+                full = f'{norm}.{name}'
+                state[full] = _at_least_float(
+                    state[full].double() * factors[norm], state[full])
+        full = f'{linear}.weight'
+        state[full] = _at_least_float(state[full].double() / factors[norm],
+                                      state[full])
+    return state
+
+
+def _at_least_float(value: Tensor, like: Tensor) -> Tensor:
+    """``value`` in ``like``'s dtype, but float32 where that is narrower
+    (the demo checkpoints are float16, whose rounding of the scaled
+    weights would change the FP function by ~1e-3)."""
+    dtype = like.dtype if like.dtype == torch.float64 else torch.float32
+    return value.to(dtype)

@@ -29,6 +29,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--model', nargs=2, action='append', default=[],
                         metavar=('CONFIG', 'CHECKPOINT'),
                         help='a config and its FP checkpoint (repeatable)')
+    parser.add_argument('--variant', metavar='NAME',
+                        help='a state-dict variant applied to every --model '
+                        'checkpoint after loading (mmptq.models.variants: '
+                        'outlier, signflip, bimodal); its rows are named '
+                        '<config>-<NAME>')
     parser.add_argument('--demo', nargs='*', metavar='NAME',
                         help=f'the demo models (all, or some of '
                         f'{demo_names()})')
@@ -79,8 +84,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from mmptq.apis.benchmark import (ModelSpec, demo_models, markdown_table,
                                       run_benchmark, write_report)
     from mmptq.apis.pareto import run_pareto
-    models = [ModelSpec(name=config.rsplit('/', 1)[-1].rsplit('.', 1)[0],
-                        config=config, checkpoint=ckpt)
+    from mmptq.models.variants import VARIANTS
+    if args.variant is not None and args.variant not in VARIANTS:
+        raise ValueError(f'unknown --variant {args.variant!r}; the variants '
+                         f'are {sorted(VARIANTS)}')
+    suffix = f'-{args.variant}' if args.variant else ''
+    models = [ModelSpec(name=config.rsplit('/', 1)[-1].rsplit('.', 1)[0]
+                        + suffix, config=config, checkpoint=ckpt,
+                        variant=args.variant)
               for config, ckpt in args.model]
     if args.demo is not None:
         models += demo_models(args.demo)

@@ -96,3 +96,86 @@ def test_names():
 def test_variants_need_attentions(variant):
     with pytest.raises(KeyError, match='mask_decoder'):
         apply_variant(variant, {'backbone.weight': torch.ones(2)})
+
+
+def _demo_model_and_batch(name, images=2):
+    """The demo model ``name`` with its FP weights and a batch of its first
+    test images through its data preprocessor (data/ built by make data)."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import DATASETS, MODELS, init_default_scope
+
+    from mmptq.apis.runner_setup import load_config
+    from mmptq.engine.checkpoint import load_checkpoint_file
+    spec, = demo_models([name])
+    cfg = load_config(spec.config)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model).eval()
+    state = load_checkpoint_file(spec.checkpoint)['state_dict']
+    model.load_state_dict(state)
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    data = model.data_preprocessor(
+        pseudo_collate([dataset[i] for i in range(images)]), False)
+    return model, state, data
+
+
+@pytest.mark.parametrize('name', ['deit', 'mask-rcnn_swin'])
+def test_outlier_keeps_the_function_on_real_images(name):
+    """γ, β of each LayerNorm feeding Linear layers only scaled by
+    10^U(-1, 1) per channel, the Linear's columns by the inverse: the
+    features (the classifier's logits, the detector's FPN levels and its
+    predictions) agree to 1e-5 on the first test images, while the
+    post-LN channel ranges now spread over up to two decades."""
+    from mmptq.models.variants import ln_linear_pairs
+    model, base, data = _demo_model_and_batch(name)
+    state = apply_variant('outlier', base)
+    pairs = ln_linear_pairs(base)
+    assert len(pairs) == 2 * (4 if name == 'deit' else 8)  # 2 per block
+    for norm, linear in pairs:
+        s = state[f'{norm}.weight'] / base[f'{norm}.weight']
+        assert torch.allclose(state[f"{norm}.bias"], base[f"{norm}.bias"] * s,
+                              rtol=1e-5, atol=1e-7)
+        assert torch.allclose(state[f'{linear}.weight'],
+                              base[f'{linear}.weight'] / s, rtol=1e-5)
+        assert s.min() >= 0.1 - 1e-6 and s.max() <= 10 + 1e-5
+        assert s.max() / s.min() > 10  # spread, not one common factor
+    touched = {f'{n}.{p}' for n, _ in pairs for p in ('weight', 'bias')}
+    touched |= {f'{lin}.weight' for _, lin in pairs}
+    assert all(torch.equal(v, base[k]) for k, v in state.items()
+               if k not in touched)
+
+    def outputs():
+        with torch.no_grad():
+            if name == 'deit':
+                return [model(data['inputs'], mode='tensor')]
+            feats = list(model.extract_feat(data['inputs']))
+            preds = model.predict(data['inputs'], data['data_samples'])
+            return feats + [p.pred_instances.bboxes for p in preds]
+
+    ref = outputs()
+    model.load_state_dict(state)
+    out = outputs()
+    for a, b in zip(ref, out):
+        assert a.shape == b.shape
+        assert (a - b).abs().max() <= 1e-5 * max(a.abs().max(), 1), name
+
+
+def test_outlier_is_deterministic_and_needs_pairs():
+    state = {'b.0.ln1.weight': torch.ones(4), 'b.0.ln1.bias': torch.ones(4),
+             'b.0.attn.qkv.weight': torch.ones(12, 4)}
+    a, b = apply_variant('outlier', state), apply_variant('outlier', state)
+    assert all(torch.equal(a[k], b[k]) for k in state)
+    assert not torch.equal(a['b.0.ln1.weight'], state['b.0.ln1.weight'])
+    assert split_variant('mask-rcnn_swin-outlier') == ('mask-rcnn_swin',
+                                                       'outlier')
+    with pytest.raises(KeyError, match='LayerNorm'):
+        apply_variant('outlier', {'backbone.weight': torch.ones(2)})
+
+
+def test_model_variant_option():
+    from mmptq.tools.benchmark import main, parse_args
+    args = parse_args(['--model', 'a.py', 'a.pth', '--variant', 'outlier',
+                       '--quant-cfg', 'w4a4'])
+    assert args.variant == 'outlier'
+    with pytest.raises(ValueError, match="unknown --variant 'nothing'"):
+        main(['--model', 'a.py', 'a.pth', '--variant', 'nothing',
+              '--quant-cfg', 'w4a4'])
