@@ -67,6 +67,12 @@ MINMAX = dict(type='MinMaxObserver')
 QDROP = dict(reconstruction=dict(type='QDropReconstruction'),
              calib__num_samples=1024, calib__batch_size=32)
 
+#: AHCPTQ's rules (configs/quant/ahcptq_w4a4.py)
+AHCPTQ_HLUQ = dict(name=r'(.*\.)?(mlp\.lin2|ffn\.layers\.1)',
+                   act=dict(type='HLUQuantizer'))
+AHCPTQ_CAG = dict(name=r'(.*\.)?(qkv|q_proj|k_proj|v_proj|mlp\.lin1)',
+                  act=dict(type='CAGQuantizer', groups=4))
+
 #: what each preset's header comment says it is, as (base, changes): the
 #: resolved preset must be exactly its base (None: DEFAULT_QUANT_CFG)
 #: with these changes
@@ -136,6 +142,19 @@ PRESET_CLAIMS = {
     'ptq4sam_w4a4_big-only': ('ptq4sam_w4a4', dict(
         attn__softmax=dict(type='UniformQuantizer', granularity='tensor',
                            observer=dict(type='AvgMinMaxObserver')))),
+    # AHCPTQ: "PTQ4SAM's recipe ... with two activation quantizers
+    # replaced: HLUQ ... the input of every MLP's second Linear (`mlp.lin2`,
+    # `ffn.layers.1`) ... CAG ... the input of every linear projection
+    # (`qkv`, `q_proj`, `k_proj`, `v_proj`, `lin1`) ... 4 groups"; the
+    # ablations: without CAG, without HLUQ
+    **{name: (base, dict(overrides=[
+        dict(name=r'(.*\.)?(patch_embed|output_upscaling|iou_prediction_head'
+             r'|output_hypernetworks_mlps)(\..*)?', skip=True)] + rules))
+       for name, base, rules in (
+           ('ahcptq_w4a4', 'ptq4sam_w4a4', [AHCPTQ_HLUQ, AHCPTQ_CAG]),
+           ('ahcptq_w4a4_hluq-only', 'ptq4sam_w4a4', [AHCPTQ_HLUQ]),
+           ('ahcptq_w4a4_cag-only', 'ptq4sam_w4a4', [AHCPTQ_CAG]))},
+    'ahcptq_w6a6': ('ahcptq_w4a4', dict(w_bits=6, a_bits=6)),
     # RepQ-ViT: w4a4 with percentile-searched weights and the
     # reparameterization (per-tensor percentile-searched activations,
     # log-sqrt2 softmax and sequential calibration are the defaults)

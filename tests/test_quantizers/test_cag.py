@@ -172,3 +172,24 @@ def test_exports_as_exact_float_ops(tmp_path):
     sess = ort.InferenceSession(qpath)
     got = sess.run(None, {sess.get_inputs()[0].name: h.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), q(h))
+
+
+def test_parallel_calibration_groups_once_at_the_end():
+    """With fake quantization off (parallel calibration) the clustering
+    runs once, when observing ends, on the final ranges: the grouping of
+    clustering after every batch."""
+    lo, hi, truth = planted()
+    batches = [torch.stack([lo, hi]), torch.stack([lo * 1.1, hi * 0.9])]
+    every = calibrated(batches, bits=4, groups=3)
+    calls = []
+    q = CAGQuantizer(bits=4, groups=3)
+    orig = q.channel_groups
+    q.channel_groups = lambda lo, hi: calls.append(1) or orig(lo, hi)
+    q.enabled, q.observing = False, True
+    for b in batches:
+        q(b)
+    assert not calls and not q.calibrated
+    q.observing, q.enabled = False, True
+    assert len(calls) == 1
+    assert torch.equal(q.group, every.group)
+    assert torch.equal(q.scale, every.scale)
