@@ -13,6 +13,40 @@ def _maybe(quantizer: Optional[nn.Module], x: Tensor) -> Tensor:
     return x if quantizer is None else quantizer(x)
 
 
+def _weight_state(weight: Tensor, quantizer: nn.Module) -> tuple:
+    """What Q_w(W) depends on: W's storage and version, the quantizer
+    object, its tensors with their versions, and its plain attributes
+    (bits, flags such as AdaRound's ``soft``, a patched ``forward``). The
+    tensors are held, so their identities cannot be reused while the
+    state is kept; ``W.detach()`` holds W's storage, whose address then
+    changes if ``W.data`` is replaced. (In-place edits through ``W.data``
+    bypass version counting: call ``forget_quantized_weights`` after them.)
+    """
+    tensors = tuple((t, t._version)
+                    for t in (*quantizer.parameters(), *quantizer.buffers()))
+    attrs = tuple((k, v) for k, v in vars(quantizer).items()
+                  if isinstance(v, (bool, int, float, str)))
+    return (weight.detach(), weight.data_ptr(), weight._version, quantizer,
+            vars(quantizer).get('forward'), tensors, attrs)
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    (_, ptr_a, ver_a, q_a, fw_a, ts_a, at_a) = a
+    (_, ptr_b, ver_b, q_b, fw_b, ts_b, at_b) = b
+    return (ptr_a == ptr_b and ver_a == ver_b and q_a is q_b
+            and fw_a is fw_b and at_a == at_b and len(ts_a) == len(ts_b)
+            and all(x is y and vx == vy
+                    for (x, vx), (y, vy) in zip(ts_a, ts_b)))
+
+
+def forget_quantized_weights(model: nn.Module) -> None:
+    """Drop the quantized weights kept for evaluation (see
+    ``QuantWeightMixin.quant_weight``): needed only after editing weights
+    in place through ``.data``, which PyTorch does not version."""
+    for m in model.modules():
+        m.__dict__.pop('_weight_cache', None)
+
+
 class QuantWeightMixin:
     """y = op(Q_a(x), Q_w(W)): the wrapped op with a quantized input and a
     quantized weight. Either quantizer may be None (kept in FP)."""
@@ -26,7 +60,23 @@ class QuantWeightMixin:
         self.input_quantizer = input_quantizer
 
     def quant_weight(self) -> Tensor:
-        return _maybe(self.weight_quantizer, self.weight)
+        """Q_w(W). Without autograd (evaluation) the result is kept and
+        reused while W and the quantizer are unchanged (see
+        :func:`_weight_state`): a frozen weight is quantized once, not on
+        every forward. Calibration, gradients and traces compute it anew."""
+        q = self.weight_quantizer
+        if q is None:
+            return self.weight
+        if (q.observing or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling()):
+            self.__dict__.pop('_weight_cache', None)
+            return q(self.weight)
+        state = _weight_state(self.weight, q)
+        cached = self.__dict__.get('_weight_cache')
+        if cached is None or not _same_state(cached[0], state):
+            cached = self.__dict__['_weight_cache'] = (state, q(self.weight))
+        return cached[1]
 
     def calibrate_weight(self) -> None:
         """Set the weight quantizer's parameters from the current weight
