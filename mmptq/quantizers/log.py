@@ -1,4 +1,5 @@
 """Logarithmic quantizers for post-Softmax activations."""
+import math
 from typing import Tuple
 
 import torch
@@ -28,6 +29,15 @@ class LogQuantizer(BaseQuantizer):
         levels = 2**self.bits
         ratio = x / scale
         tiny = torch.finfo(ratio.dtype).tiny  # exact for all normal ratios
+        if not (x.requires_grad or scale.requires_grad) and (
+                levels <= -self.root * math.log2(tiny)):
+            # the same values in fewer passes: x/s ≤ 0 gives log2 → −inf,
+            # q → +inf, clamped to the extra zero level 2^b; so does any
+            # 0 < x/s < tiny, whose q exceeds −τ·log2(tiny) ≥ 2^b
+            q = ratio.clamp_(min=0).log2_().mul_(-self.root).round_()
+            table = torch.cat([log_levels(self.bits, self.root),
+                               torch.zeros(1, dtype=torch.float64)]).to(x)
+            return table[q.clamp_(0, levels).long()].mul_(scale)
         q = round_ste(-self.root * torch.log2(ratio.clamp(min=tiny)))
         # x ≤ 0 is below every level (−log2 → +inf), also for large b
         keep = ((q < levels) & (ratio > 0)).to(x.dtype)
