@@ -17,8 +17,9 @@ per unit from ``seed``).
 
 The methods are subclasses, one file each, that set ``DEFAULTS`` and
 override the extension points (``prepare``, ``sample_extras``,
-``correct_input``, ``mix_inputs``, ``fitting``, ``extra_loss``):
-``adaround.py``, ``brecq.py``, ``qdrop.py``, ``pdquant.py``.
+``correct_input``, ``mix_inputs``, ``fitting``, ``unit_loss``,
+``extra_loss``): ``adaround.py``, ``brecq.py``, ``qdrop.py``,
+``pdquant.py``, ``aphq.py``.
 """
 import contextlib
 import hashlib
@@ -27,7 +28,7 @@ import os.path as osp
 import re
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine import dist
@@ -40,7 +41,7 @@ from mmptq.registry import RECONSTRUCTIONS, nearest_names
 from .cache import RecordCache
 from .capture import (call_order, capture, quantization_off,
                       set_call_indices)
-from .fit import PHASES, FitConfig, UnitFitter
+from .fit import PHASES, FitConfig, UnitFitter, rec_loss
 from .partition import find_units
 from .samples import SampleSet
 from .state import ReconstructionState
@@ -61,6 +62,8 @@ BASE_DEFAULTS: Dict[str, Any] = dict(
     cache_budget_mb=4096,
     resume=True,
     seed=0,
+    keep_better=True,
+    holdout=0.25,
     log_interval=None,
     work_dir=None,
 )
@@ -85,6 +88,34 @@ def input_gap(fp, q) -> float:
             num += float((x - y).pow(2).sum())
             den += float(x.pow(2).sum())
     return num / max(den, 1e-30)
+
+
+def split_holdout(samples: SampleSet,
+                  fraction: float) -> Tuple[SampleSet, SampleSet]:
+    """(fit, held-out) samples: the last ``round(fraction * n)`` calls (at
+    least one) of ``n >= 2`` are held out; otherwise both are ``samples``.
+
+    Args:
+        samples: a unit's samples.
+        fraction: the share of calls held out, in [0, 1).
+    """
+    n = samples.count
+    held = max(1, round(fraction * n)) if fraction > 0 and n >= 2 else 0
+    if not held:
+        return samples, samples
+    keys = samples.keys
+    return (SampleSet(samples.cache, 0, keys[:n - held]),
+            SampleSet(samples.cache, 0, keys[n - held:]))
+
+
+def mean_over_ranks(value: float) -> float:
+    """``value`` averaged over the ranks of a distributed run (each holds
+    its shard of the calibration data), so all take the same decision."""
+    if dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op='mean')
+    return float(t)
 
 
 @RECONSTRUCTIONS.register_module()
@@ -114,6 +145,17 @@ class BlockReconstruction:
             ``work_dir/reconstruction/cache``.
         resume: continue a run found in ``work_dir`` (False: start over).
         seed: seed of sampling and QDrop masks.
+        keep_better: after fitting a unit, compare its output error
+            (``rec_loss``, no drop) before and after on the held-out calls;
+            where the fit made it larger, the unit's pre-fit state (weights,
+            rounding, activation steps) is restored and the revert logged,
+            so reconstruction never makes a unit worse than calibration
+            left it on those samples (a fit whose loss became NaN / inf is
+            reverted as well instead of stopping the run).
+        holdout: fraction of a unit's recorded calls (the last ones; at
+            least one where there are two or more) held out of the fit for
+            ``keep_better``; 0, or a unit called once: the comparison uses
+            the fit samples.
         log_interval: iterations between log lines (default iters / 5).
         work_dir: where state and spilled records go (default: the
             run's work_dir).
@@ -136,6 +178,9 @@ class BlockReconstruction:
         if bad or not cfg['phases']:
             raise ValueError(f'quant_cfg.reconstruction.phases={cfg["phases"]}'
                              f': use a sequence of {PHASES}')
+        if not 0.0 <= cfg['holdout'] < 1.0:
+            raise ValueError(f'quant_cfg.reconstruction.holdout='
+                             f'{cfg["holdout"]!r} must be in [0, 1)')
         for key in ('iters', 'batch_size'):
             if not isinstance(cfg[key], int) or cfg[key] < 1:
                 raise ValueError(f'quant_cfg.reconstruction.{key}='
@@ -171,6 +216,11 @@ class BlockReconstruction:
     def fitting(self, act_quantizers: List[nn.Module]):
         """A context active while a phase is fitted (QDrop: the drop)."""
         return contextlib.nullcontext()
+
+    def unit_loss(self, out, batch: dict) -> Tensor:
+        """The reconstruction loss of a minibatch's unit output ``out``
+        (``rec_loss`` against ``batch['target']``; APHQ-ViT weights it)."""
+        return rec_loss(out, batch['target'])
 
     def extra_loss(self, unit: nn.Module, batch: dict) -> Optional[Tensor]:
         """A loss term added to the reconstruction loss, or None
@@ -251,21 +301,53 @@ class BlockReconstruction:
             gen = torch.Generator().manual_seed(c['seed'] * 100003 + k)
             samples = self._samples(model, unit, name, calls, batches, run,
                                     cache)
+            fit_set, held = split_holdout(samples, c['holdout'])
             fitter = UnitFitter(
                 unit, self.fit_config(),
                 lambda msg: print_log(f'{prefix}: {msg}', logger='current'),
                 method=self)
-            stats = fitter.fit(samples, gen)
+            if c['keep_better']:
+                before_state = {key: v.detach().clone()
+                                for key, v in unit.state_dict().items()}
+                held_before = mean_over_ranks(fitter.error(held))
+            try:
+                stats = fitter.fit(fit_set, gen)
+            except FloatingPointError as e:  # diverged: revert below
+                if not c['keep_better']:
+                    raise
+                print_log(f'{prefix}: {e}', logger='current', level=30)
+                unit.load_state_dict(before_state)
+                stats = dict(mse_before=fitter.error(fit_set),
+                             mse_after=float('nan'))
         row = dict(unit=name, rows=len(samples), spilled=cache.spilled,
                    cache_mb=round(cache.used / 2**20, 1),
                    mse_before=stats['mse_before'],
-                   mse_after=stats['mse_after'],
-                   seconds=round(time.perf_counter() - start, 2))
+                   mse_after=stats['mse_after'], kept=True)
+        if c['keep_better']:
+            held_after = (mean_over_ranks(fitter.error(held))
+                          if stats['mse_after'] == stats['mse_after'] else
+                          float('nan'))
+            row.update(held_before=held_before, held_after=held_after)
+            if not held_after <= held_before:  # NaN counts as worse
+                unit.load_state_dict(before_state)
+                row['kept'] = False
+                what = ('held-out' if held is not fit_set else 'fit (no '
+                        'held-out calls)')
+                print_log(f'{prefix}: reverted to its calibrated state: the '
+                          f'fit made its output error on the {what} samples '
+                          f'worse, {held_before:.4g} -> {held_after:.4g}',
+                          logger='current', level=30)
+        row['seconds'] = round(time.perf_counter() - start, 2)
         cache.clear()
+        held_msg = (f'; held out {row["held_before"]:.4g} → '
+                    f'{row["held_after"]:.4g}' + ('' if row['kept'] else
+                                                  ' (reverted)')
+                    if c['keep_better'] else '')
         print_log(f'{prefix}: done in {row["seconds"]:.1f} s, output error '
                   f'{stats["mse_before"]:.4g} (calibrated) → '
-                  f'{stats["mse_after"]:.4g}; records: {row["cache_mb"]} MiB '
-                  f'in RAM, {row["spilled"]} on disk', logger='current')
+                  f'{stats["mse_after"]:.4g}{held_msg}; records: '
+                  f'{row["cache_mb"]} MiB in RAM, {row["spilled"]} on disk',
+                  logger='current')
         return row
 
     def _samples(self, model, unit, name, calls, batches, run,

@@ -99,7 +99,8 @@ class UnitFitter:
       at their final rounding (BRECQ's second step);
     - 'joint': both at once (QDrop).
 
-    Loss: ``rec_loss`` + λ·Σ(1 − |2h−1|^β) while rounding is learned
+    Loss: ``method.unit_loss`` (``rec_loss`` but for APHQ-ViT's Hessian
+    weighting) + λ·Σ(1 − |2h−1|^β) while rounding is learned
     + ``method.extra_loss``. The step input is ``method.mix_inputs`` of the
     quantized-model and FP-model inputs; each phase runs inside
     ``method.fitting`` of the unit's activation quantizers.
@@ -148,7 +149,7 @@ class UnitFitter:
         ``limit`` samples, each whole."""
         total = 0.0
         n = min(samples.count, limit)
-        for i in range(n):
+        for i in samples.keys[:n]:
             sample = _to(samples.cache.get(i), self.device)
             set_call_indices(self.unit, sample['index'])
             args, kwargs = sample['args']
@@ -176,7 +177,7 @@ class UnitFitter:
             args, kwargs = self.method.mix_inputs(batch['args'], batch['fp'],
                                                   gen)
             out = self.unit(*args, **kwargs)
-            rec = rec_loss(out, batch['target'])
+            rec = self.method.unit_loss(out, batch)
             loss = rec
             beta = beta_at(step, cfg) if layers else None
             if beta is not None:

@@ -12,7 +12,7 @@ and trailing shapes form a group, and a minibatch is ``batch_size`` rows
 drawn uniformly from one group (QDrop's random minibatches of the
 calibration set). Other samples are drawn whole.
 """
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -40,14 +40,17 @@ def signature(sample: dict) -> Tuple[Any, Optional[int]]:
 
 
 class SampleSet:
-    """Samples of one unit in a ``RecordCache`` (keys 0..n-1), grouped."""
+    """Samples of one unit in a ``RecordCache``, grouped: those under
+    ``keys`` (default ``0..count-1``)."""
 
-    def __init__(self, cache: RecordCache, count: int) -> None:
+    def __init__(self, cache: RecordCache, count: int,
+                 keys: Optional[Sequence[int]] = None) -> None:
         self.cache = cache
-        self.count = count
+        self.keys = list(range(count) if keys is None else keys)
+        self.count = len(self.keys)
         groups: Dict[Any, List[Tuple[int, int]]] = {}
         self.atomic: List[int] = []
-        for i in range(count):
+        for i in self.keys:
             key, rows = signature(cache.get(i))
             if rows is None:
                 self.atomic.append(i)
