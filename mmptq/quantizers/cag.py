@@ -1,7 +1,7 @@
 """Channel-Aware Grouping (CAG) of AHCPTQ (Zhang et al., ICCV 2025,
-arXiv:2503.03088, Sec. 4.2): the inputs of the linear projections (SAM's
-qkv / q_proj / k_proj / v_proj and the MLPs' lin1), whose channels differ
-widely in range. Per tensor is too coarse, per channel is not
+arXiv:2503.03088): the inputs of the linear projections (SAM's qkv /
+q_proj / k_proj / v_proj and the MLPs' lin1), whose channels differ widely
+in range. Per tensor is too coarse, per channel is not
 accelerator-friendly; CAG clusters the channels into G groups (4 in the
 reference) that share one asymmetric uniform quantizer.
 
@@ -112,7 +112,7 @@ def kmeans(points: Tensor, k: int, weights: Optional[Tensor] = None,
 def progressive_groups(points: Tensor, groups: int,
                        stages: Sequence[int] = (8, 4, 2),
                        seed: int = 0) -> Tensor:
-    """CAG's progressive clustering (AHCPTQ, Sec. 4.2): the channels'
+    """CAG's progressive clustering (AHCPTQ): the channels'
     points merged by :func:`kmeans` into m·G clusters for each m of
     ``stages`` in order, then into G; each stage clusters the previous
     stage's centres, weighted by their channel counts (a stage with at
@@ -159,7 +159,7 @@ def progressive_groups(points: Tensor, groups: int,
 
 @QUANTIZERS.register_module()
 class CAGQuantizer(GroupedChannelQuantizer):
-    """Channel-Aware Grouping (CAG; AHCPTQ, Zhang et al. 2025, Sec. 4.2):
+    """Channel-Aware Grouping (CAG; AHCPTQ, Zhang et al. 2025):
     the input channels (last axis) in G groups by
     :func:`progressive_groups` of their ranges (lo_c, hi_c); group g has
     the asymmetric uniform quantizer of the union of its channels' ranges

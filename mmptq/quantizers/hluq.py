@@ -1,6 +1,6 @@
 """Hybrid Log-Uniform Quantization (HLUQ) of AHCPTQ (Zhang et al., ICCV
-2025, arXiv:2503.03088, Sec. 4.1): the post-GELU activations (the input of
-the MLP's second Linear), dense near their minimum and with a sparse long
+2025, arXiv:2503.03088): the post-GELU activations (the input of the MLP's
+second Linear), dense near their minimum and with a sparse long
 tail. A log2 grid covers the dense part, a uniform grid the tail, in one
 code space of 2^b codes.
 
@@ -51,7 +51,7 @@ from .drq import RegionSearchObserver
 
 def hybrid_quant(x: Tensor, offset: Tensor, s_log: Tensor, s_uni: Tensor,
                  log_levels: int, uni_levels: int) -> Tensor:
-    """HLUQ's fake quantization x̂ = m + û (AHCPTQ, Sec. 4.1; the module
+    """HLUQ's fake quantization x̂ = m + û (AHCPTQ's HLUQ; the module
     docstring), with straight-through rounding.
 
     Args:
@@ -78,8 +78,8 @@ def hybrid_quant(x: Tensor, offset: Tensor, s_log: Tensor, s_uni: Tensor,
 
 @QUANTIZERS.register_module()
 class HLUQuantizer(BaseQuantizer):
-    """Hybrid Log-Uniform Quantization (HLUQ; AHCPTQ, Zhang et al. 2025,
-    Sec. 4.1), per tensor: a log2 grid of L levels below the split s_l, a
+    """Hybrid Log-Uniform Quantization (HLUQ; AHCPTQ, Zhang et al. 2025),
+    per tensor: a log2 grid of L levels below the split s_l, a
     uniform grid of 2^b − 1 − L levels from s_l to the range's top, and
     the dead zone, offset to the range's minimum m (see the module
     docstring and :func:`hybrid_quant`).
