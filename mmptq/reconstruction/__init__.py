@@ -1,7 +1,8 @@
 """Block reconstruction (``RECONSTRUCTIONS``), run by ``quantize_model``
 after calibration: the method-independent part in ``block.py``, one file
-per method (AdaRound, BRECQ, QDrop, PD-Quant)."""
+per method (AdaRound, BRECQ, QDrop, PD-Quant, APHQ-ViT)."""
 from .adaround import AdaRoundReconstruction
+from .aphq import APHQReconstruction
 from .block import BlockReconstruction
 from .brecq import BRECQReconstruction
 from .cache import RecordCache
@@ -13,5 +14,5 @@ from .state import ReconstructionState
 __all__ = [
     'RecordCache', 'BlockReconstruction', 'AdaRoundReconstruction',
     'BRECQReconstruction', 'QDropReconstruction', 'PDQuantReconstruction',
-    'ReconstructionState', 'find_units'
+    'APHQReconstruction', 'ReconstructionState', 'find_units'
 ]

@@ -1,0 +1,16 @@
+# APHQ-ViT W4A4 on COCO: cascade-mask-rcnn_swin-s-p4-w7_fpn_ms-3x_coco
+# (APHQ-ViT COCO table, APbox / APmask: FP 51.9 / 45.0, W4A4 50.3 / 43.7; the paper's
+# row includes its MLP Reconstruction (GELU -> ReLU, off here: a
+# different model) and its own quantizers, so expect this config, the
+# aphq-vit_w4a4 preset, to land between RepQ-ViT and that row).
+#   python tools/test.py configs/mmdet/repq-vit/cascade-mask-rcnn_swin-s-p4-w7_fpn_ms-3x_coco_aphq-vit_w4a4.py \
+#       CHECKPOINT --fp-baseline
+# Calibration and reconstruction: 256 COCO train images, one per batch, as
+# the reference detection code (optim_size 256, batch 1).
+_base_ = [
+    './cascade-mask-rcnn_swin-s-p4-w7_fpn_ms-3x_coco.py',
+    '../../quant/aphq-vit_w4a4.py',
+]
+custom_imports = dict(imports=['mmptq'], allow_failed_imports=False)
+test_cfg = dict(type='mmptq.QuantTestLoop')
+quant_cfg = dict(calib=dict(num_samples=256, batch_size=1, split='train'))
