@@ -171,6 +171,11 @@ PRESET_CLAIMS = {
         QDROP, reconstruction=dict(type='BRECQReconstruction'))),
     'pdquant_w4a4': ('qdrop_w4a4', dict(
         reconstruction=dict(type='PDQuantReconstruction'))),
+    # APHQ-ViT: "RepQ-ViT's W4A4 recipe ... then block reconstruction as
+    # QDrop ... with the average-perturbation-Hessian weighted loss ... on
+    # 1,024 calibration images"
+    'aphq-vit_w4a4': ('repq-vit_w4a4', dict(
+        QDROP, reconstruction=dict(type='APHQReconstruction'))),
     # PTQ4RIS: "the image input of the first op ... at 8 bits ... DRQ ...
     # post-Softmax (attn.softmax) ... post-GELU input of
     # every mmcv FFN's second Linear (`ffn.layers.1`) ... RORQ: the input of
