@@ -16,8 +16,8 @@ def lp_error(rows: Tensor, lo: Tensor, hi: Tensor, quantizer: nn.Module,
     float32 sums per column chunk, accumulated in float64."""
     total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
     for chunk in rows.split(CHUNK, dim=1):
-        err = quantizer.fake_quant_range(chunk, lo, hi).sub_(chunk).abs_()
-        err = err.square_() if p == 2 else err.pow_(p)
+        err = quantizer.fake_quant_range(chunk, lo, hi).sub_(chunk)
+        err = err.square_() if p == 2 else err.abs_().pow_(p)
         total += err.sum(dim=1).double()
     return total / rows.shape[1]
 
