@@ -13,6 +13,17 @@ def _maybe(quantizer: Optional[nn.Module], x: Tensor) -> Tensor:
     return x if quantizer is None else quantizer(x)
 
 
+def _tensors(module: nn.Module) -> list:
+    """The parameters and buffers of ``module`` and its children, except
+    an observer's (statistics, not used when not observing)."""
+    out = [t for t in (*module._parameters.values(),
+                       *module._buffers.values()) if t is not None]
+    for name, child in module._modules.items():
+        if child is not None and name != 'observer':
+            out += _tensors(child)
+    return out
+
+
 def _weight_state(weight: Tensor, quantizer: nn.Module) -> tuple:
     """What Q_w(W) depends on: W's storage and version, the quantizer
     object, its tensors with their versions, and its plain attributes
@@ -22,8 +33,7 @@ def _weight_state(weight: Tensor, quantizer: nn.Module) -> tuple:
     changes if ``W.data`` is replaced. (In-place edits through ``W.data``
     bypass version counting: call ``forget_quantized_weights`` after them.)
     """
-    tensors = tuple((t, t._version)
-                    for t in (*quantizer.parameters(), *quantizer.buffers()))
+    tensors = tuple((t, t._version) for t in _tensors(quantizer))
     attrs = tuple((k, v) for k, v in vars(quantizer).items()
                   if isinstance(v, (bool, int, float, str)))
     return (weight.detach(), weight.data_ptr(), weight._version, quantizer,
