@@ -60,6 +60,10 @@ class UniformQuantizer(BaseQuantizer):
             per_step = max(x.numel() // max(scale.numel(), 1), 1)
             scale = grad_scale(scale, (per_step * self.quant_max)**-0.5)
         if not (x.requires_grad or scale.requires_grad):  # in place: 1 copy
+            z = float(zero_point) if zero_point.numel() == 1 else 0.5
+            if z.is_integer():  # integers: round(x/s) + z − z is exact
+                return (x / scale).round_().clamp_(
+                    self.quant_min - z, self.quant_max - z).mul_(scale)
             return (x / scale).round_().add_(zero_point).clamp_(
                 self.quant_min, self.quant_max).sub_(zero_point).mul_(scale)
         q = torch.clamp(round_ste(x / scale) + zero_point, self.quant_min,

@@ -617,3 +617,29 @@ def test_log_without_grad_equals_the_autograd_path(cls, bits):
     fast = q(x)
     graded = q(x.clone().requires_grad_()).detach()
     assert_exact(fast, graded)
+
+
+@pytest.mark.parametrize('symmetric', [False, True])
+@pytest.mark.parametrize('zero_point', [None, 3.3])
+@pytest.mark.parametrize('granularity', ['tensor', 'channel'])
+def test_uniform_without_grad_equals_the_autograd_path(symmetric, zero_point,
+                                                       granularity):
+    """Without autograd the uniform quantizer works in place and, for one
+    integer zero point, clamps round(x/s) to [q_min − z, q_max − z]
+    instead of adding and removing z; the values equal the autograd
+    path's, also for a non-integer z (RepQ-ViT's z̃), huge and infinite
+    inputs."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([3 * torch.randn(4, 500, generator=gen),
+                   torch.tensor([[0.0, -0.0, 1e30, -1e30, float('inf'),
+                                  -float('inf'), 0.013, -0.7]] * 4)], dim=1)
+    q = UniformQuantizer(bits=4, symmetric=symmetric, granularity=granularity)
+    q.observing = True
+    q(x[:, :500])
+    q.observing = False
+    if zero_point is not None:
+        q.set_qparams(q.scale, torch.full_like(q.zero_point, zero_point))
+    fast = q(x)
+    graded = q(x.clone().requires_grad_()).detach()
+    assert_exact(fast, graded)
+    assert fast.abs().max() < float('inf')
