@@ -128,12 +128,17 @@ class BaseObserver(nn.Module):
 
     def update(self, rows: Tensor, quantizer: nn.Module) -> None:
         rows = rows.detach().float()
-        check_finite(rows, getattr(quantizer, 'name', ''))
         if rows.numel() == 0:
             return
-        lo, hi = self.batch_range(rows, quantizer)
+        lo, hi = self.checked_range(rows, quantizer)
         self.accumulate(lo, hi)
         self.num_batches += 1
+
+    def checked_range(self, rows: Tensor,
+                      quantizer: nn.Module) -> Tuple[Tensor, Tensor]:
+        """``batch_range`` of rows first checked for NaN / Inf."""
+        check_finite(rows, getattr(quantizer, 'name', ''))
+        return self.batch_range(rows, quantizer)
 
     def batch_range(self, rows: Tensor,
                     quantizer: nn.Module) -> Tuple[Tensor, Tensor]:

@@ -6,7 +6,7 @@ from mmengine import dist
 from torch import Tensor, nn
 
 from mmptq.registry import OBSERVERS
-from .base import BaseObserver, row_quantiles
+from .base import BaseObserver, check_finite, row_quantiles
 
 
 @OBSERVERS.register_module()
@@ -15,7 +15,16 @@ class MinMaxObserver(BaseObserver):
 
     def batch_range(self, rows: Tensor,
                     quantizer: nn.Module) -> Tuple[Tensor, Tensor]:
-        return rows.amin(dim=1), rows.amax(dim=1)
+        return torch.aminmax(rows, dim=1)
+
+    def checked_range(self, rows: Tensor,
+                      quantizer: nn.Module) -> Tuple[Tensor, Tensor]:
+        """One pass: the per-row min and max propagate NaN and hold any
+        Inf, so the range itself shows a bad input."""
+        lo, hi = self.batch_range(rows, quantizer)
+        if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+            check_finite(rows, getattr(quantizer, 'name', ''))
+        return lo, hi
 
     def accumulate(self, lo: Tensor, hi: Tensor) -> None:
         if self.num_batches == 0:
