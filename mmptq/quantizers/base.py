@@ -82,7 +82,9 @@ class BaseQuantizer(nn.Module):
     Modes: ``observing`` (feed the observer, refresh the parameters from it
     on every call: calibration) and ``enabled`` (apply fake quantization).
     Calibration with both on is *sequential*: later layers see an input that
-    is already quantized with the running parameters.
+    is already quantized with the running parameters. While observing with
+    fake quantization off the parameters are unused, so they are refreshed
+    once, when observing is switched off (``update_qparams`` is deferred).
     """
 
     #: ``with BaseQuantizer.config_key('act'):`` see :func:`config_key`
@@ -115,6 +117,17 @@ class BaseQuantizer(nn.Module):
         self.enabled = True
         self.register_buffer('scale', torch.empty(0))
         self.register_buffer('zero_point', torch.empty(0))
+
+    @property
+    def observing(self) -> bool:
+        return self.__dict__.get('_observing', False)
+
+    @observing.setter
+    def observing(self, value: bool) -> None:
+        ended = self.observing and not value
+        self.__dict__['_observing'] = value
+        if ended and self.__dict__.pop('_stale', False):
+            self.update_qparams()
 
     # -- shapes ------------------------------------------------------------
     def to_rows(self, x: Tensor) -> Tensor:
@@ -180,7 +193,8 @@ class BaseQuantizer(nn.Module):
         """Store the parameters as buffers (a learnt step stops learning)."""
         for key, value in (('scale', scale), ('zero_point', zero_point)):
             self._parameters.pop(key, None)
-            self.register_buffer(key, value.detach().clone())
+            # registered in __init__ (persistent): set without its checks
+            self._buffers[key] = value.detach().clone()
 
     def learn_scale(self) -> nn.Parameter:
         """Make the step s a trainable ``nn.Parameter`` (LSQ, reconstruction)
@@ -195,7 +209,11 @@ class BaseQuantizer(nn.Module):
         return self.scale
 
     def update_qparams(self) -> None:
-        """Recompute the parameters from the observer's range."""
+        """Recompute the parameters from the observer's range (deferred to
+        the end of observation while fake quantization is off)."""
+        if self.observing and not self.enabled:
+            self.__dict__['_stale'] = True
+            return
         self.set_qparams(*self.qparams_from_range(*self.observer.range()))
 
     def freeze(self) -> None:

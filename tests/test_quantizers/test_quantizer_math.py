@@ -643,3 +643,27 @@ def test_uniform_without_grad_equals_the_autograd_path(symmetric, zero_point,
     graded = q(x.clone().requires_grad_()).detach()
     assert_exact(fast, graded)
     assert fast.abs().max() < float('inf')
+
+
+def test_parameters_refresh_once_when_observation_ends_without_fake_quant():
+    """Observing with fake quantization off (parallel calibration), the
+    parameters are unused: they are computed once, when observing ends,
+    and equal those refreshed on every call with fake quantization on."""
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 50, generator=gen) for _ in range(3)]
+    lazy = UniformQuantizer(bits=4, observer=dict(type='MSEObserver'))
+    eager = UniformQuantizer(bits=4, observer=dict(type='MSEObserver'))
+    sets = []
+    real = lazy.set_qparams
+    lazy.set_qparams = lambda *a: sets.append(1) or real(*a)
+    lazy.enabled, lazy.observing, eager.observing = False, True, True
+    for x in batches:
+        assert_exact(lazy(x), x)
+        eager(x)
+    assert not sets and not lazy.calibrated
+    lazy.observing = False
+    assert len(sets) == 1
+    assert_exact(lazy.scale, eager.scale)
+    assert_exact(lazy.zero_point, eager.zero_point)
+    lazy.observing = False  # nothing new observed: no refresh
+    assert len(sets) == 1
