@@ -207,30 +207,6 @@ class CAGQuantizer(GroupedChannelQuantizer):
         self.stages = tuple(stages)
         self.seed = seed
 
-    # -- when to cluster -----------------------------------------------
-    # The clustering costs ~0.1 s per quantizer: while calibration only
-    # observes (parallel mode: fake quantization off, the parameters unused
-    # until the end) it runs once, when observing is switched off, instead
-    # of after every batch.
-    @property
-    def observing(self) -> bool:
-        return self.__dict__.get('_observing', False)
-
-    @observing.setter
-    def observing(self, value: bool) -> None:
-        ended = self.observing and not value
-        self.__dict__['_observing'] = value
-        if ended and self.__dict__.pop('_stale', False):
-            self.update_qparams()
-
-    def update_qparams(self) -> None:
-        """Group the channels and set the group parameters, deferred to
-        the end of observation while fake quantization is off."""
-        if self.observing and not self.enabled:
-            self.__dict__['_stale'] = True
-            return
-        super().update_qparams()
-
     def channel_groups(self, lo: Tensor, hi: Tensor) -> Tensor:
         """:func:`progressive_groups` of the points (lo_c, hi_c)."""
         return progressive_groups(torch.stack([lo, hi], dim=1), self.groups,
