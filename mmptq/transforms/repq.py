@@ -167,5 +167,5 @@ class RepQReparam(BaseTransform):
         print_log(f'mmptq: RepQReparam folded {done} of {len(self.rows)} '
                   f'LayerNorm outputs into per-tensor quantizers',
                   logger='current')
-        if self.recalibrate:
+        if self.recalibrate and done:  # nothing folded: nothing moved
             ctx.recalibrate(fixed)

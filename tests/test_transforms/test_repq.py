@@ -268,3 +268,25 @@ def test_quantized_checkpoint_round_trip():
     fresh.load_state_dict(state, strict=True)
     with torch.no_grad():
         assert torch.equal(fresh(data[0]), model(data[0]))
+
+
+@pytest.mark.parametrize('with_norm', [True, False])
+@pytest.mark.parametrize('recalibrate', [True, False])
+def test_second_pass_only_when_something_was_folded(with_norm, recalibrate):
+    """``recalibrate`` feeds the calibration data again after the fold;
+    without any folded LayerNorm (a CNN, a model without LN -> Linear) no
+    quantizer moved, and that pass would be wasted."""
+    layers = [nn.LayerNorm(8)] if with_norm else [nn.Identity()]
+    model = nn.Sequential(*layers, nn.Linear(8, 8), nn.ReLU(),
+                          nn.Linear(8, 4)).eval()
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    data = [torch.randn(2, 3, 8) for _ in range(5)]
+    cfg = copy.deepcopy(W4A4_REPQ)
+    cfg['transforms'] = [dict(type='RepQReparam', recalibrate=recalibrate)]
+    _, summary = quantize_model(model, cfg, data)
+    folded = [t for t in summary.transforms if t['mode'] != 'skipped']
+    assert len(folded) == int(with_norm)
+    # discover + the LayerNorm trace + one pass (+ one more after a fold)
+    assert len(calls) == 2 + len(data) * (2 if with_norm and recalibrate
+                                          else 1)
