@@ -8,6 +8,7 @@ import socket
 import torch
 
 from mmptq.apis import quantize_model
+from mmptq.core.restore import quant_meta, restore_quantized
 from toy_models import TinyViT
 
 
@@ -19,6 +20,18 @@ def calibrate(quantizer, *batches):
         quantizer(batch)
     quantizer.observing = False
     return quantizer
+
+
+def checkpoint_round_trip(model, summary, fresh, path):
+    """Save ``model`` as a quantized checkpoint (state dict + the summary's
+    meta) at ``path``, load it into the FP model ``fresh`` as the tools do
+    (restore the quantizers, then a strict load) and return ``fresh``."""
+    torch.save(dict(state_dict=model.state_dict(),
+                    meta=quant_meta(summary)), path)
+    ckpt = torch.load(path, weights_only=False)
+    restore_quantized(fresh, ckpt['meta'])
+    fresh.load_state_dict(ckpt['state_dict'], strict=True)
+    return fresh
 
 
 def quantized_vit(recon=None, seed=0, **cfg):

@@ -11,6 +11,7 @@ import mmptq  # noqa: F401  (registration)
 from mmptq.apis import quantize_model
 from mmptq.quantizers import (CAGQuantizer, UniformQuantizer, kmeans,
                               progressive_groups)
+from helpers import checkpoint_round_trip
 from mmptq.registry import QUANTIZERS
 
 
@@ -120,7 +121,6 @@ def wide_channels(model):
 
 
 def test_quantized_checkpoint_keeps_the_grouping(tmp_path):
-    from mmptq.core.restore import quant_meta, restore_quantized
     torch.manual_seed(0)
     model = wide_channels(Projections().eval())
     fresh = copy.deepcopy(model)
@@ -131,12 +131,7 @@ def test_quantized_checkpoint_keeps_the_grouping(tmp_path):
     q = model.k_proj.input_quantizer
     assert isinstance(q, CAGQuantizer) and q.num_groups == 4
     assert len(set(q.group.tolist())) == 4
-    path = tmp_path / 'q.pth'
-    torch.save(dict(state_dict=model.state_dict(),
-                    meta=quant_meta(summary)), path)
-    ckpt = torch.load(path, weights_only=False)
-    restore_quantized(fresh, ckpt['meta'])
-    fresh.load_state_dict(ckpt['state_dict'], strict=True)
+    checkpoint_round_trip(model, summary, fresh, tmp_path / 'q.pth')
     rq = fresh.k_proj.input_quantizer
     assert isinstance(rq, CAGQuantizer)
     assert torch.equal(rq.group, q.group) and torch.equal(rq.perm, q.perm)

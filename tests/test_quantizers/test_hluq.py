@@ -10,6 +10,7 @@ import mmptq  # noqa: F401  (registration)
 from mmptq.apis import quantize_model
 from mmptq.nn.modules import QuantLinear
 from mmptq.quantizers import HLUQuantizer, hybrid_quant
+from helpers import checkpoint_round_trip
 from mmptq.registry import QUANTIZERS
 from toy_models import TinyViT
 
@@ -116,7 +117,6 @@ def test_split_search_by_output_error():
 
 
 def test_quantize_model_binds_the_consumer_and_restores(tmp_path):
-    from mmptq.core.restore import quant_meta, restore_quantized
     torch.manual_seed(0)
     model = TinyViT().eval()
     fresh = copy.deepcopy(model)
@@ -140,12 +140,7 @@ def test_quantize_model_binds_the_consumer_and_restores(tmp_path):
     assert all(layer.input_quantizer is q for layer, q in zip(bound, qs))
     assert all(q.observer is None and q.__dict__['_consumer'] is None
                for q in qs)  # freeze drops the consumer
-    path = tmp_path / 'q.pth'
-    torch.save(dict(state_dict=model.state_dict(),
-                    meta=quant_meta(summary)), path)
-    ckpt = torch.load(path, weights_only=False)
-    restore_quantized(fresh, ckpt['meta'])
-    fresh.load_state_dict(ckpt['state_dict'], strict=True)
+    checkpoint_round_trip(model, summary, fresh, tmp_path / 'q.pth')
     restored = [m for m in fresh.modules() if isinstance(m, HLUQuantizer)]
     for a, b in zip(restored, qs):
         assert torch.equal(a.scale, b.scale)

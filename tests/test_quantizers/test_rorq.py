@@ -10,6 +10,7 @@ import mmptq  # noqa: F401  (registration)
 from mmptq.apis import quantize_model
 from mmptq.quantizers import (OutlierReorderQuantizer, fold_reorder,
                               outlier_groups)
+from helpers import checkpoint_round_trip
 from mmptq.registry import QUANTIZERS
 
 #: channel maxima: 1000 × 1, 30 × 20, 2 × 100. By hand: τ_0 = mean + 3·std
@@ -151,7 +152,6 @@ class TextLinears(nn.Module):
 
 
 def test_quantized_checkpoint_saves_and_restores_groups(tmp_path):
-    from mmptq.core.restore import quant_meta, restore_quantized
     torch.manual_seed(0)
     model = TextLinears().eval()
     with torch.no_grad():
@@ -163,12 +163,7 @@ def test_quantized_checkpoint_saves_and_restores_groups(tmp_path):
     _, summary = quantize_model(model, cfg, data)
     q = model.out.input_quantizer
     assert isinstance(q, OutlierReorderQuantizer) and q.num_groups > 1
-    path = tmp_path / 'q.pth'
-    torch.save(dict(state_dict=model.state_dict(),
-                    meta=quant_meta(summary)), path)
-    ckpt = torch.load(path, weights_only=False)
-    restore_quantized(fresh, ckpt['meta'])
-    fresh.load_state_dict(ckpt['state_dict'], strict=True)
+    checkpoint_round_trip(model, summary, fresh, tmp_path / 'q.pth')
     rq = fresh.out.input_quantizer
     assert torch.equal(rq.group, q.group) and torch.equal(rq.perm, q.perm)
     assert torch.equal(rq.scale, q.scale)
