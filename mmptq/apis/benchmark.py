@@ -83,6 +83,25 @@ class ModelSpec:
     variant: Optional[str] = None
 
 
+def model_specs(pairs: Sequence[Sequence[str]],
+                variant: Optional[str] = None) -> List[ModelSpec]:
+    """``ModelSpec`` of each (config, checkpoint) pair, named after the
+    config file (``-<variant>`` appended when a variant is applied).
+
+    Args:
+        pairs: (config, checkpoint) pairs (``--model``).
+        variant: a registered state-dict variant applied to every
+            checkpoint after loading (``mmptq.models.variants``).
+    """
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f'unknown --variant {variant!r}; the variants '
+                         f'are {sorted(VARIANTS)}')
+    suffix = f'-{variant}' if variant else ''
+    return [ModelSpec(name=config.rsplit('/', 1)[-1].rsplit('.', 1)[0]
+                      + suffix, config=config, checkpoint=ckpt,
+                      variant=variant) for config, ckpt in pairs]
+
+
 def demo_models(names: Optional[Sequence[str]] = None) -> List[ModelSpec]:
     """The demo models (all, or those named), with absolute paths;
     ``<demo>-<variant>`` names a demo with a registered variant

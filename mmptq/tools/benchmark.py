@@ -81,18 +81,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     load_stack()
     from mmengine.logging import print_log
 
-    from mmptq.apis.benchmark import (ModelSpec, demo_models, markdown_table,
-                                      run_benchmark, write_report)
+    from mmptq.apis.benchmark import (demo_models, markdown_table,
+                                      model_specs, run_benchmark,
+                                      write_report)
     from mmptq.apis.pareto import run_pareto
-    from mmptq.models.variants import VARIANTS
-    if args.variant is not None and args.variant not in VARIANTS:
-        raise ValueError(f'unknown --variant {args.variant!r}; the variants '
-                         f'are {sorted(VARIANTS)}')
-    suffix = f'-{args.variant}' if args.variant else ''
-    models = [ModelSpec(name=config.rsplit('/', 1)[-1].rsplit('.', 1)[0]
-                        + suffix, config=config, checkpoint=ckpt,
-                        variant=args.variant)
-              for config, ckpt in args.model]
+    models = model_specs(args.model, args.variant)
     if args.demo is not None:
         models += demo_models(args.demo)
     if args.runtime == 'onnxruntime':
