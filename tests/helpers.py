@@ -34,6 +34,16 @@ def checkpoint_round_trip(model, summary, fresh, path):
     return fresh
 
 
+def assert_onnx_runs_as_module(quantizer, x, path):
+    """Export ``quantizer`` alone (legacy exporter) to ``path``, run it in
+    ONNX Runtime on ``x`` and assert the output equals the module's."""
+    import onnxruntime as ort
+    torch.onnx.export(quantizer, (x, ), str(path), dynamo=False)
+    sess = ort.InferenceSession(str(path))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), quantizer(x))
+
+
 def quantized_vit(recon=None, seed=0, **cfg):
     torch.manual_seed(seed)
     model = TinyViT().eval()
