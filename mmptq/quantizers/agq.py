@@ -119,7 +119,7 @@ class AGQQuantizer(LogQuantizer):
     def root(self) -> int:
         return int(self.tau)
 
-    def update_qparams(self) -> None:
+    def refresh_qparams(self) -> None:
         """τ = argmin of the mean errors; s = the mean scale of that τ."""
         errors, scales = self.observer.range()
         k = int(errors.argmin())

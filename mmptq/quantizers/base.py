@@ -209,11 +209,16 @@ class BaseQuantizer(nn.Module):
         return self.scale
 
     def update_qparams(self) -> None:
-        """Recompute the parameters from the observer's range (deferred to
-        the end of observation while fake quantization is off)."""
+        """``refresh_qparams``, deferred to the end of observation while
+        fake quantization is off (the parameters are unused until then)."""
         if self.observing and not self.enabled:
             self.__dict__['_stale'] = True
             return
+        self.refresh_qparams()
+
+    def refresh_qparams(self) -> None:
+        """Recompute the parameters from the observer's state (quantizers
+        with their own parameters override this)."""
         self.set_qparams(*self.qparams_from_range(*self.observer.range()))
 
     def freeze(self) -> None:

@@ -187,7 +187,7 @@ class DualRegionQuantizer(BaseQuantizer):
                 errors.append((xq @ value.float() - target).pow(2).mean())
         return torch.stack([torch.stack(errors), cands], dim=1)
 
-    def update_qparams(self) -> None:
+    def refresh_qparams(self) -> None:
         """The candidate of the lowest mean error."""
         errors, cands = self.observer.range()
         best = cands[int(errors.argmin())]

@@ -71,13 +71,10 @@ class GroupedChannelQuantizer(UniformQuantizer):
         return g_lo, g_hi
 
     # -- shared ------------------------------------------------------------
-    def update_qparams(self) -> None:
-        """Groups from the channel ranges, then each group's (s_g, z_g);
-        deferred, as BaseQuantizer's, to the end of observation while fake
-        quantization is off (CAG's clustering is the costly part)."""
-        if self.observing and not self.enabled:
-            super().update_qparams()  # only marks the parameters stale
-            return
+    def refresh_qparams(self) -> None:
+        """Groups from the channel ranges, then each group's (s_g, z_g)
+        (deferred by ``update_qparams`` while fake quantization is off:
+        CAG's clustering is the costly part)."""
         lo, hi = self.observer.range()
         group = self.channel_groups(lo.float(), hi.float())
         self.group = group

@@ -200,7 +200,7 @@ class HLUQuantizer(BaseQuantizer):
                                                       device=x.device)]))
         return torch.stack(rows)
 
-    def update_qparams(self) -> None:
+    def refresh_qparams(self) -> None:
         """The candidate of the lowest mean error on the mean range."""
         first, second = self.observer.range()
         lo, hi, errors = first[0], second[0], first[1:]
