@@ -223,6 +223,26 @@ def test_log_per_channel_equals_per_tensor_on_each_channel(cls):
         torch.testing.assert_close(out[:, c], ref(x[:, c]))
 
 
+@pytest.mark.parametrize('cls', [Log2Quantizer, LogSqrt2Quantizer])
+@pytest.mark.parametrize('granularity', ['tensor', 'channel'])
+def test_log_inference_path_equals_the_straight_through_path(
+        cls, granularity):
+    """Without autograd the codes are read from a cached level table over
+    the flattened input; the values must be those of the autograd path,
+    also for a non-contiguous (permuted) input and its zeros."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(3, 5, 7, generator=gen).softmax(-1).permute(2, 0, 1)
+    x[0, 0] = 0.0  # below every level
+    q = calibrate(cls(bits=4, granularity=granularity, ch_axis=1),
+                  x.contiguous())
+    q.scale.data.mul_(0.5)  # some ratios above 1: clamped to level 0
+    with torch.no_grad():
+        fast = q(x)
+    slow = q(x.clone().requires_grad_(True)).detach()
+    assert_exact(fast, slow)
+    assert (fast == 0).any() and fast.shape == x.shape
+
+
 @pytest.mark.parametrize('shape, ch_axis, group_size', [
     ((4, 6, 2), 0, 4),
     ((4, 6, 2), 1, 4),
