@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from .fold import float_weights_for_float_convs
 from .graphs import ExportGraph
+from .ort_graph import ort_rewrites
 
 
 def ort_session(path: str,
@@ -37,13 +37,13 @@ def ort_session(path: str,
 
 
 def ort_ready(path: str) -> str:
-    """The graph ONNX Runtime runs best, as ``<path>.ort.onnx``: the
-    convolutions it cannot fuse into QLinearConv (no QuantizeLinear reads
-    their output: before a residual add) get their dequantized weights as
-    float initializers (``fold.float_weights_for_float_convs``, exact);
-    ``path`` itself when there are none."""
+    """The graph ONNX Runtime runs best, as ``<path>.ort.onnx``
+    (``ort_graph.ort_rewrites``: a QDQ pair before a MaxPool, 1×1
+    convolutions with a float output as int8 ``MatMulIntegerToFloat``,
+    float initializers for the weights of the other float convolutions);
+    ``path`` itself when no pass applies."""
     model = onnx.load(path)
-    if not float_weights_for_float_convs(model.graph):
+    if not any(ort_rewrites(model).values()):
         return path
     out = path[:-len('.onnx')] + '.ort.onnx'
     onnx.save(model, out)
