@@ -30,6 +30,7 @@ from mmptq.core import (LayerRules, QuantSummary, Unit, allocate,
                         quant_ops, quantize_model, resolve_quant_cfg,
                         rule_bits, rules_cost, run_batch, to_overrides,
                         total_params)
+from mmptq.core.sensitivity import hessian_sensitivity
 from mmptq.engine import (build_calib_dataloader, install_safe_loader,
                           load_checkpoint_file, load_state_checked)
 from .analyze import build_random_model, sqnr_db, synthetic_batch
@@ -100,18 +101,21 @@ def _batch_size(batch) -> int:
 class SensitivityResult:
     """Rows (one per op, forward order): key, name, kind ('weight' /
     'act'), layer_kind, unit, bits, macs (per image), params, sqnr (dB),
-    noise (10^(−SQNR/10)), loss_increase (None without a loss); the
-    seconds of the one calibration and of the per-op evaluation."""
+    noise (10^(−SQNR/10)), loss_increase (None without a loss), hessian
+    (HAWQ-V2's Ω of a weight op with ``hutchinson``, else None; with
+    trace, trace_err); the seconds of the one calibration, of the per-op
+    evaluation and of the Hutchinson estimate."""
     bits: int
     rows: List[dict]
     calib_s: float
     eval_s: float
     summary: QuantSummary = field(repr=False)
+    hessian_s: float = 0.0
 
     @property
     def cost_ratio(self) -> float:
-        """(calibration + evaluation) / calibration."""
-        return (self.calib_s + self.eval_s) / self.calib_s
+        """(calibration + evaluation + Hutchinson) / calibration."""
+        return (self.calib_s + self.eval_s + self.hessian_s) / self.calib_s
 
 
 def measure_sensitivity(model: nn.Module,
@@ -119,8 +123,8 @@ def measure_sensitivity(model: nn.Module,
                         quant_cfg: dict,
                         bits: int = 4,
                         eval_batches: int = 2,
-                        loss: Optional[Callable] = None
-                        ) -> SensitivityResult:
+                        loss: Optional[Callable] = None,
+                        hutchinson: int = 0) -> SensitivityResult:
     """Sensitivity of every quantized op of ``model`` alone at ``bits``.
 
     Args:
@@ -134,7 +138,14 @@ def measure_sensitivity(model: nn.Module,
         loss: batch → task loss of the quantized copy's forward, built from
             it by ``loss(qmodel)`` (e.g. :func:`openmmlab_loss`); None: SQNR
             only.
+        hutchinson: Rademacher vectors per evaluation batch of the
+            Hessian-trace estimate of the weights (HAWQ-V2's Ω,
+            :func:`mmptq.core.sensitivity.hessian_sensitivity`; needs
+            ``loss``); 0: not estimated.
     """
+    if hutchinson and loss is None:
+        raise ValueError('the Hutchinson Hessian trace needs a task loss '
+                         '(a checkpoint and labelled calibration data)')
     batches = list(batches)
     qmodel = copy.deepcopy(model)
     start = time.perf_counter()
@@ -155,11 +166,19 @@ def measure_sensitivity(model: nn.Module,
     rows = op_sensitivity(ops, batches[:eval_batches],
                           forward, output_probes(qmodel), sqnr_db)
     eval_s = time.perf_counter() - start
+    start = time.perf_counter()
+    hessian = hessian_sensitivity(ops, batches[:eval_batches], forward,
+                                  hutchinson) if hutchinson else {}
+    hessian_s = time.perf_counter() - start
     per_image = _batch_size(batches[0])
     for op, row in zip(ops, rows):
+        h = hessian.get(op.key, {})
         row.update(layer_kind=op.layer_kind, unit=op.unit,
-                   macs=op.macs / per_image, params=op.params)
-    return SensitivityResult(bits, rows, calib_s, eval_s, summary)
+                   macs=op.macs / per_image, params=op.params,
+                   hessian=h.get('hessian'), trace=h.get('trace'),
+                   trace_err=h.get('trace_err'))
+    return SensitivityResult(bits, rows, calib_s, eval_s, summary,
+                             hessian_s)
 
 
 def sensitivity_table(results: Sequence[SensitivityResult]) -> List[dict]:
@@ -174,7 +193,8 @@ def sensitivity_table(results: Sequence[SensitivityResult]) -> List[dict]:
                                      'unit', 'macs', 'params')},
                 sensitivity={}))
             out['sensitivity'][res.bits] = {
-                k: row[k] for k in ('sqnr', 'noise', 'loss_increase')}
+                k: row.get(k) for k in ('sqnr', 'noise', 'loss_increase',
+                                        'hessian')}
     return [r for r in merged.values()
             if len(r['sensitivity']) == len(results)]
 
@@ -227,17 +247,21 @@ def allocate_bits(model: nn.Module,
         raise ValueError('quant_cfg.mixed_precision is not set: give '
                          "dict(budget='W5A5', candidates=(4, 6, 8))")
     objective = mp['objective']
-    if objective == 'loss' and loss is None:
-        raise ValueError("mixed_precision.objective='loss' needs a model "
-                         'with a task loss and labelled calibration data')
+    if objective in ('loss', 'hessian') and loss is None:
+        raise ValueError(f'mixed_precision.objective={objective!r} needs a '
+                         'model with a task loss and labelled calibration '
+                         'data')
     measured = mp['candidates'] if mp['measure'] == 'each' else \
         mp['candidates'][:1]
     results = list(results or [
-        measure_sensitivity(model, batches, cfg, b, mp['eval_batches'], loss)
+        measure_sensitivity(model, batches, cfg, b, mp['eval_batches'], loss,
+                            mp['hutchinson'] if objective == 'hessian'
+                            else 0)
         for b in measured])
     table = sensitivity_table(results)
     extrapolate(table, mp['candidates'])
-    units = build_units(table, mp['candidates'], mp['metric'], objective)
+    units = build_units(table, mp['w_candidates'], mp['metric'], objective,
+                        mp['a_candidates'])
     uniform = parse_uniform(mp['budget'])
     first_op = results[0].summary.first_op
     rules = None
@@ -336,20 +360,27 @@ def write_sensitivity(result: SensitivityResult, out_dir: str,
     rows = result.rows
     lines = [f'sensitivity at {result.bits} bits (op alone, rest FP); '
              f'calibration {result.calib_s:.1f} s, per-op evaluation '
-             f'{result.eval_s:.1f} s (cost ratio {result.cost_ratio:.2f})',
-             '', '| # | op | kind | layer | GMACs | SQNR dB | loss + |',
-             '|---|---|---|---|---|---|---|']
+             f'{result.eval_s:.1f} s, Hutchinson {result.hessian_s:.1f} s '
+             f'(cost ratio {result.cost_ratio:.2f})',
+             '', '| # | op | kind | layer | GMACs | SQNR dB | loss + | '
+             'Tr(H)/n | Ω (HAWQ-V2) |', '|---|---|---|---|---|---|---|---|---|']
+
+    def fmt(value, spec):
+        return '' if value is None else format(value, spec)
+
     for i, r in enumerate(rows):
-        loss = '' if r['loss_increase'] is None else \
-            f"{r['loss_increase']:+.4g}"
+        trace = None if r.get('trace') is None else \
+            r['trace'] / max(r['params'], 1)
         lines.append(f"| {i} | {r['name']} | {r['kind']} | "
                      f"{r['layer_kind']} | {r['macs'] / 1e9:.4f} | "
-                     f"{r['sqnr']:.1f} | {loss} |")
+                     f"{r['sqnr']:.1f} | {fmt(r['loss_increase'], '+.4g')} | "
+                     f"{fmt(trace, '.4g')} | {fmt(r.get('hessian'), '.4g')} |")
     with open(paths['md'], 'w') as f:
         f.write('\n'.join(lines) + '\n')
     with open(paths['json'], 'w') as f:
         json.dump(dict(bits=result.bits, calib_s=result.calib_s,
-                       eval_s=result.eval_s, cost_ratio=result.cost_ratio,
+                       eval_s=result.eval_s, hessian_s=result.hessian_s,
+                       cost_ratio=result.cost_ratio,
                        rows=rows), f, indent=2, default=str)
     plot_sensitivity(rows, paths['png'], f'{result.bits}-bit ops alone')
     return paths
@@ -391,7 +422,8 @@ def run_sensitivity(config: str,
                     calib_samples: Optional[int] = None,
                     cfg_options: Optional[dict] = None,
                     size: Tuple[int, int] = (224, 224),
-                    calib_batches: int = 4) -> Dict[str, str]:
+                    calib_batches: int = 4,
+                    hutchinson: int = 0) -> Dict[str, str]:
     """``tools/analyze.py --sensitivity``: the per-op table and plot of one
     config, and with ``mixed_precision`` (or ``quant_cfg.mixed_precision``)
     the allocation, written as ``<work_dir>/mixed_precision.py``.
@@ -410,6 +442,10 @@ def run_sensitivity(config: str,
         cfg_options: overrides of the config.
         size: input size of the synthetic images (random weights).
         calib_batches: synthetic batches (random weights).
+        hutchinson: Rademacher vectors per batch of the weights'
+            Hessian-trace estimate in the table (HAWQ-V2's Ω; needs
+            ``checkpoint``); 0: none. An allocation with
+            ``objective='hessian'`` takes ``mixed_precision.hutchinson``.
 
     Returns:
         The paths written.
@@ -432,7 +468,8 @@ def run_sensitivity(config: str,
     paths: Dict[str, str] = {}
     if qcfg['mixed_precision'] is None:
         bits = bits or min(qcfg['w_bits'], qcfg['a_bits'])
-        result = measure_sensitivity(model, batches, qcfg, bits, loss=loss)
+        result = measure_sensitivity(model, batches, qcfg, bits, loss=loss,
+                                     hutchinson=hutchinson)
         return write_sensitivity(result, work_dir, f'sensitivity_{bits}bit')
     out = osp.join(work_dir, 'mixed_precision.py')
     alloc = allocate_bits(model, batches, qcfg, out, loss)

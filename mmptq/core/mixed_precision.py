@@ -22,19 +22,25 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from mmptq.quantizers import check_bits
 
 METRICS = ('bops', 'size', 'avg_bits')
-OBJECTIVES = ('noise', 'loss')
+OBJECTIVES = ('noise', 'loss', 'hessian')
 SOLVERS = ('milp', 'greedy')
 #: ``quant_cfg.mixed_precision`` defaults; ``budget`` is required: a number
 #: in the metric's unit (GBOPs per image, MiB, bits) or a uniform setting
 #: 'W5A5' (the cost of the same quant_cfg at those bits); ``objective``:
 #: the summed sensitivity is of the output noise ratio ('noise') or of the
-#: task-loss increase ('loss', clipped at 0; noisier on a few images);
+#: task-loss increase ('loss', clipped at 0; noisier on a few images) or,
+#: for weights, of HAWQ-V2's Ω/2 = Tr(H)/n·‖Q(W) − W‖²/2 (Hutchinson, with
+#: ``hutchinson`` Rademacher vectors per batch; 'hessian': activations
+#: keep their measured loss increase);
 #: ``measure``: 'lowest' (calibrate once, at the lowest candidate, and
 #: extrapolate the others: :func:`extrapolate`) or 'each' (calibrate and
-#: measure at every candidate)
+#: measure at every candidate); ``w_candidates`` / ``a_candidates``: the
+#: weights' / activations' own bit widths (None: ``candidates``), e.g. a
+#: floor of 4 bits on activations while weights may go to 3
 MIXED_PRECISION_DEFAULTS: Dict = dict(
-    budget=None, candidates=(4, 6, 8), metric='bops', objective='noise',
-    solver='milp', eval_batches=2, measure='lowest')
+    budget=None, candidates=(4, 6, 8), w_candidates=None, a_candidates=None,
+    metric='bops', objective='noise', solver='milp', eval_batches=2,
+    measure='lowest', hutchinson=8)
 MEASURES = ('lowest', 'each')
 _UNIFORM = re.compile(r'[wW](\d+)[aA](\d+)')
 
@@ -73,17 +79,29 @@ def check_mixed_precision(value) -> Optional[dict]:
     if not isinstance(cands, (list, tuple)) or not cands:
         raise ValueError(f'quant_cfg.mixed_precision.candidates={cands!r}: '
                          f'give bit widths, e.g. (4, 6, 8)')
-    cfg['candidates'] = tuple(sorted(
-        {check_bits(b, 'quant_cfg.mixed_precision.candidates')
-         for b in cands}))
+    for key in ('w_candidates', 'a_candidates'):
+        if cfg[key] is None:
+            cfg[key] = cands
+        elif not isinstance(cfg[key], (list, tuple)) or not cfg[key]:
+            raise ValueError(f'quant_cfg.mixed_precision.{key}={cfg[key]!r}'
+                             f': give bit widths, e.g. (4, 6, 8), or None')
+    for key in ('candidates', 'w_candidates', 'a_candidates'):
+        cfg[key] = tuple(sorted(
+            {check_bits(b, f'quant_cfg.mixed_precision.{key}')
+             for b in cfg[key]}))
+    # the bit widths measured / extrapolated: both lists
+    cfg['candidates'] = tuple(sorted({*cfg['w_candidates'],
+                                      *cfg['a_candidates']}))
     for key, allowed in (('metric', METRICS), ('objective', OBJECTIVES),
                          ('solver', SOLVERS), ('measure', MEASURES)):
         if cfg[key] not in allowed:
             raise ValueError(f'quant_cfg.mixed_precision.{key}={cfg[key]!r} '
                              f'is not one of {allowed}')
-    if not isinstance(cfg['eval_batches'], int) or cfg['eval_batches'] < 1:
-        raise ValueError(f"quant_cfg.mixed_precision.eval_batches="
-                         f"{cfg['eval_batches']!r}: give a positive integer")
+    for key in ('eval_batches', 'hutchinson'):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) \
+                or cfg[key] < 1:
+            raise ValueError(f'quant_cfg.mixed_precision.{key}='
+                             f'{cfg[key]!r}: give a positive integer')
     return cfg
 
 
@@ -117,12 +135,15 @@ def op_cost(ops: Sequence[dict], w_bits: Optional[int],
 
 
 def build_units(ops: Sequence[dict], candidates: Sequence[int], metric: str,
-                objective: str) -> List[Unit]:
+                objective: str,
+                a_candidates: Optional[Sequence[int]] = None) -> List[Unit]:
     """The decisions over the op rows of the sensitivity table (dict(name,
     kind, unit, macs, params, sensitivity={bits: dict(noise,
     loss_increase)}), forward order). bops: a layer chooses (b_w, b_a) ∈
-    candidates², an attention host or a norm b_a; size / avg_bits: a layer
-    chooses b_w (activations keep the quant_cfg's bits)."""
+    candidates × a_candidates (None: ``candidates``), an attention host or
+    a norm b_a ∈ a_candidates; size / avg_bits: a layer chooses b_w ∈
+    candidates (activations keep the quant_cfg's bits)."""
+    a_candidates = candidates if a_candidates is None else a_candidates
     groups: Dict[str, List[dict]] = {}
     for op in ops:
         groups.setdefault(op['unit'], []).append(op)
@@ -130,8 +151,8 @@ def build_units(ops: Sequence[dict], candidates: Sequence[int], metric: str,
     for name, members in groups.items():
         has_w = any(op['kind'] == 'weight' for op in members)
         if metric == 'bops':
-            options = list(itertools.product(candidates, candidates)) \
-                if has_w else [(None, b) for b in candidates]
+            options = list(itertools.product(candidates, a_candidates)) \
+                if has_w else [(None, b) for b in a_candidates]
         elif has_w:
             options = [(b, None) for b in candidates]
         else:
@@ -152,7 +173,7 @@ def extrapolate(ops: Sequence[dict], candidates: Sequence[int]) -> None:
     not measured, from the lowest measured bit width b0: the noise power of
     a uniform quantizer scales with its step², i.e. by 4^(b0 − b) (−6.02 dB
     per bit), and so does the loss increase, second order in the
-    perturbation (HAWQ: Ω = Tr(H)·‖ΔW‖²)."""
+    perturbation (HAWQ: Ω = Tr(H)·‖ΔW‖²), and HAWQ-V2's Ω itself."""
     for op in ops:
         sens = op['sensitivity']
         b0 = min(sens)
@@ -160,15 +181,19 @@ def extrapolate(ops: Sequence[dict], candidates: Sequence[int]) -> None:
             if b in sens:
                 continue
             f = 4.0**(b0 - b)
-            loss = sens[b0]['loss_increase']
+            loss, hessian = (sens[b0].get(k) for k in ('loss_increase',
+                                                       'hessian'))
             sens[b] = dict(noise=sens[b0]['noise'] * f,
                            sqnr=sens[b0]['sqnr'] + 6.0206 * (b - b0),
-                           loss_increase=None if loss is None else loss * f)
+                           loss_increase=None if loss is None else loss * f,
+                           hessian=None if hessian is None else hessian * f)
 
 
 def _value(op: dict, bits: int, objective: str) -> float:
     s = op['sensitivity'][bits]
-    if objective == 'loss':
+    if objective == 'hessian' and s.get('hessian') is not None:
+        return s['hessian'] / 2  # ΔL ≈ ½ ΔWᵀHΔW (HAWQ-V2's Ω / 2)
+    if objective in ('loss', 'hessian'):
         return max(s['loss_increase'], 0.0)
     return s['noise']
 

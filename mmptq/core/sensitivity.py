@@ -45,6 +45,7 @@ class QuantOp:
     quantizers: List[BaseQuantizer] = field(repr=False)
     macs: float = 0.0
     params: int = 0
+    module: Optional[nn.Module] = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -103,6 +104,7 @@ def quant_ops(model: nn.Module, summary: QuantSummary,
     order: Dict[str, int] = {}
     macs: Dict[str, float] = {}
     params: Dict[str, int] = {}
+    modules: Dict[str, nn.Module] = {}
 
     def first_call(q, args):
         order.setdefault(_op_of(q.name)[0], len(order))
@@ -118,6 +120,7 @@ def quant_ops(model: nn.Module, summary: QuantSummary,
             handles.append(m.register_forward_hook(count))
             if isinstance(m, QuantWeightMixin):
                 params[_owner(m)] = m.weight.numel()
+                modules[_owner(m)] = m
     try:
         with only(ops.values(), ()), torch.no_grad():
             run()
@@ -127,6 +130,7 @@ def quant_ops(model: nn.Module, summary: QuantSummary,
     for op in ops.values():
         op.macs = macs.get(op.name, 0.0)
         op.params = params.get(op.name, 0) if op.kind == 'weight' else 0
+        op.module = modules.get(op.name) if op.kind == 'weight' else None
     return sorted(ops.values(),
                   key=lambda o: (order.get(o.name, math.inf),
                                  o.kind != 'weight'))
@@ -232,3 +236,109 @@ def op_sensitivity(ops: Sequence[QuantOp],
             loss_increase=None if loss is None else loss - ref_loss))
         bar.update()
     return rows
+
+
+def hutchinson_traces(params: Sequence[Tensor],
+                      batches: Sequence,
+                      loss: Callable[[object], Tensor],
+                      num_samples: int = 8,
+                      seed: int = 0) -> Tuple[List[float], List[float]]:
+    """Hutchinson estimates of the traces of the Hessian blocks H_pp of the
+    mean task loss, one per tensor p of ``params`` (HAWQ-V2, Dong et al.,
+    NeurIPS 2020, Sec. 3.1, Algorithm 1; PyHessian):
+
+        Tr(H_pp) ≈ (1/m) Σ_i v_iᵀ (H v_i)_p,   v_i ~ Rademacher,
+
+    E[vᵀHv] = Σ_jk H_jk E[v_j v_k] = Tr(H); the Hessian-vector product is
+    the gradient of gᵀv (double backprop, g = ∇L with a graph). The
+    variance of one sample is 2 Σ_{j≠k} H_jk² (0 for a diagonal Hessian:
+    exact with one sample); the returned standard errors are the sample
+    standard deviations over the m·(batches) estimates / √(that count).
+
+    Args:
+        params: tensors that require grad (e.g. the layers' weights).
+        batches: the loss's batches; the trace of the mean over batches is
+            the mean of the per-batch traces.
+        loss: batch → scalar task loss, differentiable twice.
+        num_samples: Rademacher vectors m per batch.
+        seed: random state of the vectors and of every forward.
+
+    Returns:
+        (trace per tensor, standard error per tensor).
+    """
+    params = list(params)
+    gen = torch.Generator().manual_seed(seed)
+    samples: List[List[float]] = [[] for _ in params]
+    for batch in batches:
+        torch.manual_seed(seed)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss(batch), params,
+                                        create_graph=True)
+            for _ in range(num_samples):
+                vs = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1
+                       ).to(p) for p in params]
+                hvs = torch.autograd.grad(grads, params, grad_outputs=vs,
+                                          retain_graph=True,
+                                          allow_unused=True)
+                for k, (v, hv) in enumerate(zip(vs, hvs)):
+                    samples[k].append(0.0 if hv is None else
+                                      float((v * hv).sum()))
+    traces, errors = [], []
+    for got in samples:
+        t = torch.tensor(got, dtype=torch.float64)
+        traces.append(float(t.mean()))
+        errors.append(float(t.std() / math.sqrt(len(got)))
+                      if len(got) > 1 else math.nan)
+    return traces, errors
+
+
+def hessian_sensitivity(ops: Sequence[QuantOp],
+                        batches: Sequence,
+                        loss: Callable[[object], Tensor],
+                        num_samples: int = 8,
+                        seed: int = 0) -> Dict[str, dict]:
+    """HAWQ-V2's sensitivity of each weight op of ``ops`` (Dong et al.,
+    NeurIPS 2020, Eq. 4 and Sec. 3.3):
+
+        Ω = Tr(H)/n · ‖Q(W) − W‖²
+
+    with Tr(H) the Hutchinson estimate (:func:`hutchinson_traces`) of the
+    Hessian block of the layer's n weights, taken on the FP model (every
+    quantizer of ``ops`` off), and Q the op's weight quantizer. Second
+    order, ΔL ≈ ½ ΔWᵀHΔW ≈ Ω/2 when ΔW is spread evenly over the
+    Hessian's eigen-directions.
+
+    Args:
+        ops: from :func:`quant_ops`; activation ops are skipped.
+        batches: the evaluation batches.
+        loss: batch → task loss (differentiable twice).
+        num_samples: Rademacher vectors per batch.
+        seed: random state.
+
+    Returns:
+        ``{op.key: dict(trace, trace_err, quant_err, hessian=Ω)}``.
+    """
+    wops = [op for op in ops if op.kind == 'weight' and op.module is not None]
+    weights = [op.module.weight for op in wops]
+    saved = [w.requires_grad for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        with only(ops, ()):
+            traces, errors = hutchinson_traces(weights, batches, loss,
+                                               num_samples, seed)
+        out = {}
+        with torch.no_grad():
+            for op, w, t, e in zip(wops, weights, traces, errors):
+                q = op.module.weight_quantizer
+                enabled, q.enabled = q.enabled, True
+                try:
+                    err = float((q(w) - w).pow(2).sum())
+                finally:
+                    q.enabled = enabled
+                out[op.key] = dict(trace=t, trace_err=e, quant_err=err,
+                                   hessian=t / w.numel() * err)
+    finally:
+        for w, flag in zip(weights, saved):
+            w.requires_grad_(flag)
+    return out

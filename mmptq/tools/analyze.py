@@ -11,10 +11,12 @@ calibration took. A thin CLI over ``mmptq.apis.analyze``.
 
     python -m mmptq.tools.analyze CONFIG --checkpoint FP.pth --quant-cfg w4a4 \
         --sensitivity [--budget W5A5 --metric bops --candidates 4 6 8]
+        [--a-candidates 4 5 6 8] [--hutchinson 8 [--objective hessian]]
 
 measures the damage of every quantized op alone at the low setting (output
 SQNR and, with a checkpoint, the task-loss increase on the calibration
-data) and writes a table (markdown, JSON) and a per-op plot to the work
+data; with ``--hutchinson`` the weights' Hessian-trace sensitivity of
+HAWQ-V2) and writes a table (markdown, JSON) and a per-op plot to the work
 dir; with ``--budget`` (or a quant_cfg with ``mixed_precision``) it also
 allocates per-op bits under the budget and writes them as
 ``mixed_precision.py``, a quant_cfg for ``--quant-cfg``
@@ -64,6 +66,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       'number in the metric\'s unit')
     sens.add_argument('--metric', choices=('bops', 'size', 'avg_bits'))
     sens.add_argument('--candidates', type=int, nargs='+')
+    sens.add_argument('--w-candidates', type=int, nargs='+',
+                      help='bit widths of the weights (default: '
+                      '--candidates)')
+    sens.add_argument('--a-candidates', type=int, nargs='+',
+                      help='bit widths of the activations (default: '
+                      '--candidates), e.g. 4 5 6 8: a floor of 4 bits')
+    sens.add_argument('--objective', choices=('noise', 'loss', 'hessian'))
+    sens.add_argument('--hutchinson', type=int, default=0, metavar='M',
+                      help='with --checkpoint: Hutchinson Hessian-trace '
+                      'estimate of the weights (HAWQ-V2), M Rademacher '
+                      'vectors per batch, in the table; with '
+                      '--objective hessian: M of the allocation')
     sens.add_argument('--calib-samples', type=int)
     sens.add_argument('--work-dir', default='work_dirs/analyze')
     args = parser.parse_args(argv)
@@ -76,7 +90,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def sensitivity(args: argparse.Namespace) -> None:
     from mmptq.apis.sensitivity import run_sensitivity
-    mixed = dict(metric=args.metric, candidates=args.candidates)
+    mixed = dict(metric=args.metric, candidates=args.candidates,
+                 w_candidates=args.w_candidates,
+                 a_candidates=args.a_candidates, objective=args.objective,
+                 hutchinson=(args.hutchinson or None)
+                 if args.objective == 'hessian' else None)
     if args.budget is not None:
         budget = args.budget
         mixed['budget'] = budget if budget[0] in 'wW' else float(budget)
@@ -88,7 +106,8 @@ def sensitivity(args: argparse.Namespace) -> None:
             config, args.quant_cfg[0], work_dir, checkpoint=args.checkpoint,
             bits=args.bits, mixed_precision=mixed or None,
             calib_samples=args.calib_samples,
-            size=tuple(args.size), calib_batches=args.calib_batches)
+            size=tuple(args.size), calib_batches=args.calib_batches,
+            hutchinson=args.hutchinson)
         print(f'{config}: wrote {", ".join(paths.values())}')
 
 

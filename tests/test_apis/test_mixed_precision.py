@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from torch import nn
 
 from mmptq.apis import load_quant_cfg, quantize_model, resolve_quant_cfg
@@ -115,6 +116,58 @@ def test_fragile_layer_gets_more_bits(metric, measure, tmp_path):
                        metric) == pytest.approx(alloc.cost)
 
 
+def test_separate_weight_and_activation_candidates():
+    """a_candidates=(4, 6, 8), w_candidates=(3, 4, 6, 8) at the BOPs of
+    W4A4: no activation below 4 bits; the bits any activation gets above
+    4 are paid for by 3-bit weights (the budget is that of uniform W4A4)."""
+    alloc = allocate_bits(FragileMLP().eval(), batches(), mp_cfg(
+        budget='W4A4', w_candidates=(3, 4, 6, 8), a_candidates=(4, 6, 8)))
+    assert [r.bits for r in alloc.results] == [3]  # the lowest of both
+    bits = [u.options[j] for u, j in zip(alloc.units, alloc.choice)]
+    assert all(a in (4, 6, 8) and w in (3, 4, 6, 8) for w, a in bits)
+    assert {o for u in alloc.units for o in u.options} == {
+        (w, a) for w in (3, 4, 6, 8) for a in (4, 6, 8)}
+    assert bits[2][1] > 4  # fc3's input, the outlier, above the floor
+    assert min(w for w, _ in bits) == 3
+    assert alloc.cost <= alloc.budget * (1 + 1e-9)
+
+
+def mse_to_fp(model):
+    """loss(qmodel): batch → mean squared error to the FP FragileMLP."""
+    fp = FragileMLP().eval()
+
+    def make(qmodel):
+        def loss(batch):
+            with torch.no_grad():
+                want = fp(batch)
+            return (qmodel(batch) - want).pow(2).mean()
+        return loss
+
+    return make
+
+
+def test_hessian_objective():
+    """objective='hessian': the weights are valued by HAWQ-V2's Ω/2
+    (Hutchinson trace), extrapolated by 4^(b0 − b); activations by their
+    loss increase (clipped at 0)."""
+    model = FragileMLP().eval()
+    with pytest.raises(ValueError, match='task loss'):
+        allocate_bits(model, batches(), mp_cfg(objective='hessian'))
+    alloc = allocate_bits(model, batches(), mp_cfg(
+        objective='hessian', hutchinson=2, candidates=(4, 8)),
+        loss=mse_to_fp(model))
+    rows = {r['key']: r for r in alloc.results[0].rows}
+    assert alloc.results[0].hessian_s > 0
+    assert rows['fc1:act']['hessian'] is None
+    assert all(rows[f'fc{i}:weight']['hessian'] > 0 for i in range(1, 5))
+    unit = next(u for u in alloc.units if u.name == 'fc2')
+    for (w, a), value in zip(unit.options, unit.values):
+        f_w, f_a = 4.0**(4 - w), 4.0**(4 - a)
+        assert value == pytest.approx(
+            rows['fc2:weight']['hessian'] / 2 * f_w
+            + max(rows['fc2:act']['loss_increase'], 0) * f_a)
+
+
 class WithUnseenBranch(FragileMLP):
     """FragileMLP plus a layer whose output the compared output does not
     see (as a RoI head behind the probes of a detector)."""
@@ -181,6 +234,11 @@ def test_extrapolate():
     assert sens[6]['loss_increase'] == pytest.approx(0.02)
     assert sens[6]['sqnr'] == pytest.approx(7.96 + 2 * 6.0206)
     assert sens[8]['noise'] == 1e-9
+    # HAWQ-V2's Ω scales with ‖Q(W) − W‖², by the same 4^(b0 − b)
+    rows = [dict(sensitivity={3: dict(noise=0.1, sqnr=10.0,
+                                      loss_increase=None, hessian=2.0)})]
+    extrapolate(rows, (3, 4, 6))
+    assert rows[0]['sensitivity'][6]['hessian'] == pytest.approx(2.0 / 64)
 
 
 def test_sensitivity_report(tmp_path):
@@ -203,6 +261,9 @@ def test_sensitivity_report(tmp_path):
     (dict(budget=5, metric='latency'), 'metric'),
     (dict(budget=5, candidates=(1, 4)), 'bits=1'),
     (dict(budget=5, bugdet=4), 'unknown key'),
+    (dict(budget=5, a_candidates=()), 'a_candidates'),
+    (dict(budget=5, w_candidates=(1, 4)), 'bits=1'),
+    (dict(budget=5, objective='hessian', hutchinson=0), 'hutchinson'),
     ('W5A5', 'must be a dict'),
 ])
 def test_config_errors(value, match):
@@ -214,6 +275,13 @@ def test_config_defaults():
     mp = resolve_quant_cfg(dict(mixed_precision=dict(
         budget=4.5, metric='avg_bits', candidates=[8, 4])))['mixed_precision']
     assert mp['candidates'] == (4, 8) and mp['solver'] == 'milp'
+    assert mp['w_candidates'] == mp['a_candidates'] == (4, 8)
+    # own lists for weights and activations; candidates: what is measured
+    mp = resolve_quant_cfg(dict(mixed_precision=dict(
+        budget='W4A4', w_candidates=(3, 4, 8), a_candidates=[6, 4])))[
+            'mixed_precision']
+    assert (mp['w_candidates'], mp['a_candidates'], mp['candidates']) == \
+        ((3, 4, 8), (4, 6), (3, 4, 6, 8))
     assert resolve_quant_cfg(None)['mixed_precision'] is None
 
 
