@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import os.path as osp
+import time
 from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
@@ -109,13 +110,15 @@ def _graph_ops(path: str) -> Dict[str, int]:
     return dict(Counter(n.op_type for n in onnx.load(path).graph.node))
 
 
-def _runtime_cell(runner, graph: ExportGraph, path: str) -> tuple:
+def _runtime_cell(runner, graph: ExportGraph, path: str,
+                  threads: int = 0) -> tuple:
     """Metrics of the config's evaluator on ``graph``'s ONNX file ``path``
     run by ONNX Runtime, with the optimized graph's op counts (what fused:
     QLinearConv, QLinearMatMul, MatMulIntegerToFloat...); and the
     session."""
     optimized = path.replace('.onnx', '.ort-optimized.onnx')
-    session = ort_session(ort_ready(path), optimized_path=optimized)
+    session = ort_session(ort_ready(path), optimized_path=optimized,
+                          threads=threads)
     swapping = weight_swapping_hooks(runner)
     with runtime_forward(graph, session), detached_hooks(runner, swapping):
         metrics = plain_metrics(TestLoop.run(runner.test_loop))
@@ -124,19 +127,31 @@ def _runtime_cell(runner, graph: ExportGraph, path: str) -> tuple:
 
 
 def _time_rows(rows: List[dict], sessions: list, fp: torch.nn.Module,
-               x: torch.Tensor, repeats: int) -> None:
+               x: torch.Tensor, repeats: int, threads: int = 0) -> None:
     """Fill each row's ``ort_ms`` (its session) and the first (FP) row's
     ``torch_ms`` (the module ``fp``): ms per image at batch 1 and 8, the
-    sessions and torch timed in interleaved rounds."""
-    for batch in (1, 8):
-        xb = x.repeat(batch, *([1] * (x.dim() - 1)))
-        calls = {i: session_call(s, xb) for i, s in enumerate(sessions)}
-        calls['torch'] = lambda xb=xb: fp(xb)
-        with torch.no_grad():
-            ms = latency_per_image(calls, batch, repeats)
-        for i, row in enumerate(rows):
-            row['ort_ms'][batch] = ms[i]
-        rows[0]['torch_ms'][batch] = ms['torch']
+    sessions and torch timed in interleaved rounds. ``threads`` (> 0):
+    torch's threads while timing (the sessions were made with as many
+    intra-op threads); with 1, CPU time of this thread
+    (``time.thread_time``) instead of wall time."""
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    torch_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for batch in (1, 8):
+            xb = x.repeat(batch, *([1] * (x.dim() - 1)))
+            calls = {i: session_call(s, xb) for i, s in enumerate(sessions)}
+            calls['torch'] = lambda xb=xb: fp(xb)
+            with torch.no_grad():
+                ms = latency_per_image(calls, batch, repeats, clock=clock)
+            for i, row in enumerate(rows):
+                row['ort_ms'][batch] = ms[i]
+            rows[0]['torch_ms'][batch] = ms['torch']
+    finally:
+        torch.set_num_threads(torch_threads)
+    for row in rows:
+        row['timing'] = dict(threads=threads, clock=clock.__name__)
 
 
 def _runtime_runner(spec, quant_cfg: Optional[QuantConfig], work_dir: str,
@@ -157,7 +172,8 @@ def runtime_benchmark(models: Sequence,
                       calib_samples: Optional[int] = None,
                       cfg_options: Optional[dict] = None,
                       repeats: int = 10,
-                      unsafe_load: bool = False) -> List[dict]:
+                      unsafe_load: bool = False,
+                      threads: int = 0) -> List[dict]:
     """The benchmark matrix through ONNX Runtime: per model the FP row
     (torch FP32 and ORT FP32), per quant config the fake-quant row and
     its QDQ graph in ORT (int8 kernels where ORT fuses the QDQ groups).
@@ -175,6 +191,9 @@ def runtime_benchmark(models: Sequence,
         cfg_options: overrides applied to every config.
         repeats: timed calls per latency.
         unsafe_load: load checkpoints with ``weights_only=False``.
+        threads: ORT intra-op threads and torch threads while timing (0:
+            the defaults, all cores); 1 times CPU time of the calling
+            thread (robust to other processes' load).
     """
     rows = []
     for spec in models:
@@ -188,7 +207,7 @@ def runtime_benchmark(models: Sequence,
         for hook in swapping:  # the weights the FP test evaluated (EMA)
             hook.before_test_epoch(runner)
         export_model(model, x, path)
-        cell, session = _runtime_cell(runner, graph, path)
+        cell, session = _runtime_cell(runner, graph, path, threads)
         for hook in swapping:
             hook.after_test_epoch(runner)
         model_rows = [dict(model=spec.name, quant='FP', bits='FP',
@@ -205,7 +224,8 @@ def runtime_benchmark(models: Sequence,
             path = osp.join(runner.work_dir,
                             f'{osp.splitext(osp.basename(name))[0]}.onnx')
             summary = export_model(model, x, path)
-            cell, session = _runtime_cell(runner, ExportGraph(model), path)
+            cell, session = _runtime_cell(runner, ExportGraph(model), path,
+                                          threads)
             model_rows.append(dict(
                 model=spec.name, quant=name,
                 bits=bits_label(quant_cfg),
@@ -213,7 +233,7 @@ def runtime_benchmark(models: Sequence,
                 not_accelerated=[r.name for r in summary.not_accelerated()],
                 **cell))
             sessions.append(session)
-        _time_rows(model_rows, sessions, graph, x, repeats)
+        _time_rows(model_rows, sessions, graph, x, repeats, threads)
         rows += model_rows
     return rows
 
@@ -241,6 +261,10 @@ def runtime_table(rows: Sequence[dict]) -> str:
             f'{ref[1] / ms[1]:.2f}x/{ref[8] / ms[8]:.2f}x',
             ', '.join(f'{k} {v}' for k, v in kernels.items())]
         lines.append('| ' + ' | '.join(cells) + ' |')
+    timing = {(r['timing']['threads'], r['timing']['clock'])
+              for r in rows if 'timing' in r}
+    lines += [f'\nLatency: {threads or "default"} threads, {clock}'
+              for threads, clock in sorted(timing)]
     return '\n'.join(lines)
 
 
@@ -269,11 +293,13 @@ def random_init_latency(config: str,
                         work_dir: str,
                         size: int = 224,
                         calib_samples: int = 4,
-                        repeats: int = 10) -> List[dict]:
+                        repeats: int = 10,
+                        threads: int = 0) -> List[dict]:
     """Latency without data or checkpoint: ``config``'s model with random
     weights, calibrated on N(0, 1) inputs of ``size``² (a normalized
     image's statistics), as rows of :func:`runtime_benchmark` without
-    metrics (torch FP32, ORT FP32, ORT QDQ per quant config)."""
+    metrics (torch FP32, ORT FP32, ORT QDQ per quant config); ``threads``
+    as in :func:`runtime_benchmark`."""
     cfg = load_config(config)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     name = osp.splitext(osp.basename(config.split('::')[-1]))[0]
@@ -295,11 +321,12 @@ def random_init_latency(config: str,
                              output_names=model.output_names(model(x)))
         optimized = path.replace('.onnx', '.ort-optimized.onnx')
         sessions.append(ort_session(ort_ready(path),
-                                    optimized_path=optimized))
+                                    optimized_path=optimized,
+                                    threads=threads))
         rows.append(dict(model=name, quant=quant, metrics={}, ort_metrics={},
                          ort_ops=_graph_ops(optimized), ort_ms={},
                          torch_ms={},
                          not_accelerated=[r.name for r in
                                           summary.not_accelerated()]))
-    _time_rows(rows, sessions, graph, x, repeats)
+    _time_rows(rows, sessions, graph, x, repeats, threads)
     return rows

@@ -53,20 +53,26 @@ def ort_ready(path: str) -> str:
 def latency_per_image(calls: Dict[str, Callable[[], object]],
                       batch_size: int,
                       repeats: int = 10,
-                      warmup: int = 2) -> Dict[str, float]:
+                      warmup: int = 2,
+                      clock: Callable[[], float] = time.perf_counter
+                      ) -> Dict[str, float]:
     """Per call: the median of its ``repeats`` timed durations divided by
     ``batch_size``, in ms, after ``warmup`` untimed rounds. Each round
     calls every one in turn, so that a load change on a shared machine
-    slows them alike (their ratios hold)."""
+    slows them alike (their ratios hold). ``clock``: wall time, or
+    ``time.thread_time`` (the CPU time of the calling thread: robust to
+    the load of other processes; valid for single-threaded calls: ONNX
+    Runtime with one intra-op thread and torch with one thread run on the
+    caller)."""
     for _ in range(warmup):
         for run in calls.values():
             run()
     times: Dict[str, List[float]] = {key: [] for key in calls}
     for _ in range(repeats):
         for key, run in calls.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[key].append(time.perf_counter() - start)
+            times[key].append(clock() - start)
     return {key: 1000 * statistics.median(t) / batch_size
             for key, t in times.items()}
 

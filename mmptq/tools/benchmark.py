@@ -61,6 +61,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='input size of the --random-init models')
     parser.add_argument('--repeats', type=int, default=10,
                         help='timed calls per latency (median)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='with --runtime onnxruntime: ORT intra-op and '
+                        'torch threads while timing (0: all cores); 1 times '
+                        'the CPU time of the calling thread (robust to load)')
     parser.add_argument('--pareto', action='store_true',
                         help='metric against BOPs and size: uniform W4A4 / '
                         'W6A6 / W8A8 of the first --quant-cfg and mixed '
@@ -121,10 +125,12 @@ def runtime(models: List, args: argparse.Namespace) -> None:
                              calib_samples=args.calib_samples,
                              cfg_options=args.cfg_options,
                              repeats=args.repeats,
-                             unsafe_load=args.unsafe_load)
+                             unsafe_load=args.unsafe_load,
+                             threads=args.threads)
     for config in args.random_init:
         rows += random_init_latency(config, args.quant_cfg, args.work_dir,
-                                    size=args.size, repeats=args.repeats)
+                                    size=args.size, repeats=args.repeats,
+                                    threads=args.threads)
     paths = write_runtime_report(rows, args.work_dir)
     print_log('\n' + runtime_table(rows), logger='current')
     print_log(f'mmptq benchmark: wrote {", ".join(paths)}', logger='current')
