@@ -22,9 +22,10 @@ from .sensitivity import (allocate_bits, config_cost, load_model,
 def run_pareto(spec: ModelSpec,
                work_dir: str,
                quant_cfg: str = 'w4a4',
-               uniform: Sequence[int] = (4, 6, 8),
+               uniform: Sequence[int] = (4, 5, 6, 8),
                budgets: Sequence = ('W4A4', 'W5A5', 'W6A6'),
-               candidates: Sequence[int] = (4, 6, 8),
+               candidates: Sequence[int] = (3, 4, 5, 6, 8),
+               a_candidates: Optional[Sequence[int]] = (4, 5, 6, 8),
                metric: str = 'bops',
                eval_batches: int = 2,
                measure: str = 'lowest',
@@ -42,7 +43,11 @@ def run_pareto(spec: ModelSpec,
         quant_cfg: the recipe (preset or file) every setting derives from.
         uniform: bit widths of the uniform settings.
         budgets: mixed-precision budgets ('W5A5' or numbers).
-        candidates: bit widths the allocation chooses from.
+        candidates: bit widths the allocation chooses from (the weights'
+            where ``a_candidates`` is given).
+        a_candidates: bit widths of the activations (None:
+            ``candidates``); the default floor of 4 bits: see
+            docs/methods/mixed-precision.md.
         metric: the budget's metric ('bops', 'size', 'avg_bits').
         eval_batches: batches each op's sensitivity is measured on.
         measure: 'lowest' (measure at the lowest candidate, extrapolate
@@ -54,7 +59,8 @@ def run_pareto(spec: ModelSpec,
     model, batches, base = load_model(spec, quant_cfg, work_dir,
                                       calib_samples, cfg_options)
     base = dict(base)
-    measured = candidates if measure == 'each' else sorted(candidates)[:1]
+    every = sorted({*candidates, *(a_candidates or ())})
+    measured = every if measure == 'each' else every[:1]
     results = [measure_sensitivity(model, batches, base, b, eval_batches,
                                    openmmlab_loss) for b in measured]
     for res in results:
@@ -68,7 +74,8 @@ def run_pareto(spec: ModelSpec,
         name = f'mixed@{budget}'
         files[name] = osp.join(work_dir, f'mixed_{metric}_{budget}.py')
         allocate_bits(model, batches, dict(base, mixed_precision=dict(
-            budget=budget, candidates=tuple(candidates), metric=metric,
+            budget=budget, w_candidates=tuple(candidates),
+            a_candidates=tuple(a_candidates or candidates), metric=metric,
             eval_batches=eval_batches, measure=measure)), files[name],
             openmmlab_loss,
             results)
@@ -77,8 +84,8 @@ def run_pareto(spec: ModelSpec,
                          num_images=num_images, calib_samples=calib_samples,
                          cfg_options=cfg_options)
     table = sensitivity_table(results)
-    extrapolate(table, tuple(candidates))
-    units = build_units(table, tuple(candidates), 'bops', 'noise')
+    extrapolate(table, tuple(every))
+    units = build_units(table, tuple(every), 'bops', 'noise')
     first_op = results[0].summary.first_op
     names = {path: name for name, path in files.items()}
     for row in rows:
