@@ -82,6 +82,14 @@ PRESET_CLAIMS = {
     'w6a6': (None, dict(w_bits=6, a_bits=6)),
     # "8-bit weights and activations ... per-channel min/max weights"
     'w8a8': (None, dict(w_bits=8, a_bits=8, weight__observer=MINMAX)),
+    # "weights: int8 symmetric per output channel, min/max; activations:
+    # ... the default act quantizer; the softmax of attention: uniform
+    # 8 bit, min/max"
+    'w8a8_deploy': (None, dict(
+        w_bits=8, a_bits=8,
+        weight=dict(type='UniformQuantizer', granularity='channel',
+                    symmetric=True, observer=MINMAX),
+        attn__softmax=dict(type='UniformQuantizer', observer=MINMAX))),
     # "weights: int8 symmetric per output channel, running min/max;
     # activations: uint8 asymmetric per tensor ...; the softmax output
     # (uniform, 8 bits) and the inputs of every LayerNorm; calibration on
