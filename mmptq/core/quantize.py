@@ -468,7 +468,7 @@ def quantize_model(
         calibrate(model, batches, run, mode, fixed, reset=True)
 
     ctx = TransformContext(run_batch=lambda: run(first),
-                           recalibrate=recalibrate)
+                           recalibrate=recalibrate, batches=batches)
     for transform in transforms:
         transform.before_wrap(model, ctx)
     summary = prepare(model, cfg, calls, call_counts=call_counts,

@@ -1,6 +1,6 @@
 """Model transforms: rewrites that run at stages of ``quantize_model``."""
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 from torch import nn
 
@@ -14,9 +14,11 @@ class TransformContext:
         recalibrate: feed all calibration batches again with every
             activation quantizer re-observing, except the given ones
             (which keep their parameters).
+        batches: the calibration batches (for rewrites fitted on data).
     """
     run_batch: Callable[[], object]
     recalibrate: Callable[[List[nn.Module]], None]
+    batches: Sequence = ()
 
 
 class BaseTransform:

@@ -184,6 +184,13 @@ PRESET_CLAIMS = {
     # 1,024 calibration images"
     'aphq-vit_w4a4': ('repq-vit_w4a4', dict(
         QDROP, reconstruction=dict(type='APHQReconstruction'))),
+    # "aphq-vit_w4a4 ... with its MLP Reconstruction: a DIFFERENT MODEL"
+    'aphq-vit_w4a4_mlp-recon': ('aphq-vit_w4a4', dict(transforms=[
+        dict(type='APHQMLPReconstruction'), dict(type='RepQReparam')])),
+    # "repq-vit_w4a4 ... with the RoI heads ... at 8 bits"
+    'repq-vit_w4a4_roi-w8a8': ('repq-vit_w4a4', dict(overrides=[
+        dict(first_op=True, a_bits=8),
+        dict(name=r'roi_head\..*', w_bits=8, a_bits=8)])),
     # PTQ4RIS: "the image input of the first op ... at 8 bits ... DRQ ...
     # post-Softmax (attn.softmax) ... post-GELU input of
     # every mmcv FFN's second Linear (`ffn.layers.1`) ... RORQ: the input of
