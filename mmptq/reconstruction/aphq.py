@@ -22,7 +22,8 @@ is 0 everywhere (the logits: a shift of all of them leaves the softmax
 unchanged) the weight is 1, the MSE.
 
 The paper's MLP Reconstruction (GELU replaced by ReLU in the MLPs, a
-different model) is not part of this class (see docs/methods/aphq-vit.md).
+different model) is not part of this class: it is the opt-in model
+transform :class:`~.aphq_mlp.APHQMLPReconstruction` (docs/methods/aphq-vit.md).
 """
 import re
 from typing import Dict, List, Optional
