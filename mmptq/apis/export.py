@@ -81,7 +81,8 @@ def export_checkpoint(cfg: Config,
                       checkpoint: str,
                       out: str,
                       quant_cfg: Optional[QuantConfig] = None,
-                      unsafe_load: bool = False) -> ExportSummary:
+                      unsafe_load: bool = False,
+                      ort: bool = False) -> ExportSummary:
     """Export ``checkpoint`` (quantized by ``tools/quantize.py``, or FP and
     calibrated here with ``quant_cfg``) to the ONNX file ``out``, for the
     first test image's shape (the batch dim is dynamic). The output path
@@ -95,6 +96,8 @@ def export_checkpoint(cfg: Config,
         quant_cfg: how to quantize an FP checkpoint (for a quantized one,
             if given, the setting it was made with).
         unsafe_load: load checkpoints with ``weights_only=False``.
+        ort: also write ``<out>.ort.onnx``, the graph rewritten for ONNX
+            Runtime's CPU kernels (``mmptq.export.runtime.ort_ready``).
     """
     prepare_out_path(out, checkpoint, '--out')
     if not out.endswith('.onnx'):
@@ -102,6 +105,11 @@ def export_checkpoint(cfg: Config,
     runner = quantized_runner(cfg, checkpoint, quant_cfg, unsafe_load)
     summary = export_model(unwrap(runner.model), example_input(runner), out)
     print_log(summary.table(), logger='current')
+    if ort:
+        ready = ort_ready(out)
+        print_log(f'for ONNX Runtime: {ready}' + (
+            ' (no rewrite applies: the same file)' if ready == out else ''),
+                  logger='current')
     return summary
 
 
@@ -263,7 +271,8 @@ def runtime_table(rows: Sequence[dict]) -> str:
         lines.append('| ' + ' | '.join(cells) + ' |')
     timing = {(r['timing']['threads'], r['timing']['clock'])
               for r in rows if 'timing' in r}
-    lines += [f'\nLatency: {threads or "default"} threads, {clock}'
+    lines += [f'\nLatency: ORT intra-op and torch threads '
+              f'{threads or "default"}, clock {clock}'
               for threads, clock in sorted(timing)]
     return '\n'.join(lines)
 

@@ -122,7 +122,8 @@ class ExportSummary:
             lines.append(
                 f'  {len(unsigned)} weights are uint8 (asymmetric): ONNX '
                 f'Runtime\'s int8 kernels are fastest with int8 weights '
-                f'(u8 x s8 dot products): quant_cfg weight.symmetric=True')
+                f'(u8 x s8 dot products): quant_cfg weight.symmetric=True, '
+                f'as the w8a8_deploy preset')
         if self.in_python:
             lines.append(f'  in Python: {self.in_python}')
         return '\n'.join(lines)

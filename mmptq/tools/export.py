@@ -2,14 +2,17 @@
 nodes carrying mmptq's calibrated scales (real int8 in ONNX Runtime).
 
     python -m mmptq.tools.export CONFIG QUANT_CHECKPOINT --out model.onnx
-    python -m mmptq.tools.export CONFIG FP_CHECKPOINT --quant-cfg w8a8 \\
-        --out model.onnx       (in a checkout: python tools/export.py ...)
+    python -m mmptq.tools.export CONFIG FP_CHECKPOINT \\
+        --quant-cfg w8a8_deploy --out model.onnx [--ort]
+                               (in a checkout: python tools/export.py ...)
 
 QUANT_CHECKPOINT comes from ``tools/quantize.py``; an FP checkpoint is
 calibrated first with ``--quant-cfg``. Classifiers export whole (logits),
 segmentors their logits, detectors backbone + neck + dense head raw
-outputs. Prints which quantizers stay float (not int8-accelerated). A thin
-CLI over ``mmptq.apis.export``.
+outputs. Prints which quantizers stay float (not int8-accelerated).
+``--ort`` also writes ``model.ort.onnx``, the graph rewritten for ONNX
+Runtime's CPU int8 kernels (``mmptq.export.ort_graph``). A thin CLI over
+``mmptq.apis.export``.
 """
 import argparse
 from typing import Optional, Sequence
@@ -24,6 +27,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_quant_args(parser)
     parser.add_argument('--out', required=True,
                         help='path of the ONNX file (.onnx)')
+    parser.add_argument('--ort', action='store_true',
+                        help='also write <out>.ort.onnx for ONNX Runtime '
+                        '(CPU): the 1x1 convolutions that feed residual adds '
+                        'as int8 MatMulIntegerToFloat, ...')
     return parse(parser, argv)
 
 
@@ -34,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from mmptq.apis.export import export_checkpoint
     cfg, quant_cfg = load_cfg(args)
     export_checkpoint(cfg, args.checkpoint, args.out, quant_cfg,
-                      unsafe_load=args.unsafe_load)
+                      unsafe_load=args.unsafe_load, ort=args.ort)
 
 
 if __name__ == '__main__':

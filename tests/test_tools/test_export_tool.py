@@ -27,7 +27,7 @@ def test_quantized_checkpoint_to_onnx(tmp_path):
                 '--calib-samples', '4', '--out', qckpt,
                 '--work-dir', str(tmp_path / 'wq')))
     out = str(tmp_path / 'deit.onnx')
-    proc = ok(run_tool('export', CONFIG, qckpt, '--out', out,
+    proc = ok(run_tool('export', CONFIG, qckpt, '--out', out, '--ort',
                        '--work-dir', str(tmp_path / 'we')))
     assert 'ONNX QDQ export' in proc.output
     assert 'not int8-accelerated (4)' in proc.output  # log√2 softmaxes
@@ -39,6 +39,14 @@ def test_quantized_checkpoint_to_onnx(tmp_path):
     x = np.random.default_rng(0).standard_normal((3, 3, 28, 28))
     logits, = sess.run(None, {'input': x.astype(np.float32)})
     assert logits.shape == (3, 10) and np.isfinite(logits).all()
+    # --ort: the patch embedding (its output meets the position embedding,
+    # no QuantizeLinear) with a float weight, the same logits
+    ready = out.replace('.onnx', '.ort.onnx')
+    assert f'for ONNX Runtime: {ready}' in proc.output
+    sess = ort.InferenceSession(ready, providers=['CPUExecutionProvider'])
+    np.testing.assert_allclose(
+        sess.run(None, {'input': x.astype(np.float32)})[0], logits,
+        rtol=1e-5, atol=1e-5)
     # the checkpoint itself as --out: refused, the checkpoint untouched
     size = osp.getsize(qckpt)
     proc = run_tool('export', CONFIG, qckpt, '--out', qckpt)
