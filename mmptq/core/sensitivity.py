@@ -201,7 +201,9 @@ def op_sensitivity(ops: Sequence[QuantOp],
         seed: random state of every forward.
 
     Returns:
-        dict(key, name, kind, bits, noise, sqnr, loss_increase) per op.
+        dict(key, name, kind, bits, noise, noises (r_t per output tensor,
+        in the order the probes produce them), sqnr, loss_increase) per
+        op.
     """
 
     def evaluate():
@@ -227,11 +229,11 @@ def op_sensitivity(ops: Sequence[QuantOp],
     for op in ops:
         with only(ops, [op]):
             outs, loss = evaluate()
-        noise = sum(10**(-sqnr([r], [o]) / 10)
-                    for r, o in zip(ref, outs)) / len(ref)
+        noises = [10**(-sqnr([r], [o]) / 10) for r, o in zip(ref, outs)]
+        noise = sum(noises) / len(ref)
         rows.append(dict(
             key=op.key, name=op.name, kind=op.kind, bits=op.bits,
-            noise=noise, sqnr=math.inf if noise == 0 else
+            noise=noise, noises=noises, sqnr=math.inf if noise == 0 else
             -10 * math.log10(noise),
             loss_increase=None if loss is None else loss - ref_loss))
         bar.update()

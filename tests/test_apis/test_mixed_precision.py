@@ -15,7 +15,8 @@ from torch import nn
 
 from mmptq.apis import load_quant_cfg, quantize_model, resolve_quant_cfg
 from mmptq.apis.sensitivity import (allocate_bits, config_cost,
-                                    measure_sensitivity, write_sensitivity)
+                                    measure_sensitivity, output_probes,
+                                    write_sensitivity)
 from mmptq.core import Unit, allocate, extrapolate
 from mmptq.core.mixed_precision import solve_greedy, solve_milp
 
@@ -166,6 +167,31 @@ def test_hessian_objective():
         assert value == pytest.approx(
             rows['fc2:weight']['hessian'] / 2 * f_w
             + max(rows['fc2:act']['loss_increase'], 0) * f_a)
+
+
+class Detector(nn.Module):
+    """The attributes output_probes looks at: a data preprocessor, a neck,
+    a dense head and, two-stage, an RPN and a RoI head."""
+
+    def __init__(self, two_stage: bool) -> None:
+        super().__init__()
+        self.data_preprocessor = nn.Identity()
+        self.backbone, self.neck = nn.Linear(2, 2), nn.Linear(2, 2)
+        if two_stage:
+            self.rpn_head, self.roi_head = nn.Linear(2, 2), nn.Linear(2, 2)
+        else:
+            self.bbox_head = nn.Linear(2, 2)
+
+
+def test_output_probes():
+    """One-stage: the dense head's outputs only (the predictions); two-
+    stage: the neck (the RoI head's input) and the RPN."""
+    one = Detector(two_stage=False)
+    assert output_probes(one) == [one.bbox_head]
+    two = Detector(two_stage=True)
+    assert output_probes(two) == [two.neck, two.rpn_head]
+    plain = FragileMLP()
+    assert output_probes(plain) == [plain]
 
 
 class WithUnseenBranch(FragileMLP):

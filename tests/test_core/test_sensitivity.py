@@ -61,6 +61,9 @@ def test_fragile_op_ranks_first():
     rows = op_sensitivity(ops, data[:2], no_loss(model), [model], sqnr_db)
     worst = min(rows, key=lambda r: r['sqnr'])
     assert worst['key'] == 'fc3:act'
+    # one noise ratio per output tensor per batch; noise is their mean
+    assert len(worst['noises']) == 2
+    assert math.isclose(worst['noise'], sum(worst['noises']) / 2)
     assert worst['loss_increase'] is None  # no loss given
     # without the outlier the same op is harmless
     model, summary, data = quantized(FragileMLP(fragile=False))
