@@ -7,7 +7,9 @@ for the innermost module running, every matmul / softmax /
 it calls SDPA, or calls a matmul with output shape S, then a softmax over a
 tensor of shape S, then a matmul whose left operand has shape S. Each host
 gets an ``AttentionCallRouter`` that, while the host runs, intercepts those
-calls in order (call k → site k) and routes them to quantized sites.
+calls in order (call k → site k) and routes them to quantized sites; while
+a child of the host runs (its ``qkv``, a module of its own with matmuls),
+the interception is off, as discovery gave those calls to the child.
 
 A softmax quantizer with ``takes_value`` (PTQ4SAM's AGQ) calibrates on the
 error after the matmul with V, so it is applied where the probabilities
@@ -205,6 +207,10 @@ class AttentionCallRouter(nn.Module):
         self._mode: Optional[_CaptureMode] = None
         #: (quantizer, output shape) of softmax calls waiting for their V
         self._pending: List[Tuple[nn.Module, Tuple[int, ...]]] = []
+        #: per running child: whether ``pause`` took the capture off
+        self._paused: List[bool] = []
+        #: per child: whether it holds an attention host of its own
+        self._holds_host: Dict[nn.Module, bool] = {}
 
     def dispatch(self, kind: str, func: Callable, args, kwargs):
         k = self._index
@@ -243,6 +249,7 @@ class AttentionCallRouter(nn.Module):
     def enter(self, module: nn.Module, args) -> None:
         self._index = 0
         self._pending = []
+        self._paused = []
         self._mode = _CaptureMode(self)
         self._mode.__enter__()
 
@@ -251,10 +258,36 @@ class AttentionCallRouter(nn.Module):
         if mode is not None:
             mode.__exit__(None, None, None)
 
+    def pause(self, child: nn.Module, args) -> None:
+        """A child of the host starts: its calls are its own (discovery
+        gives them to the innermost module), so the capture is taken off
+        while it runs; this also spares the interception of every op of
+        its forward (the quantizers of ``qkv`` / ``proj``). A child that
+        holds an attention host keeps the capture: its own router's mode
+        goes on top of it."""
+        holds = self._holds_host.get(child)
+        if holds is None:
+            holds = self._holds_host[child] = any(
+                isinstance(m, AttentionCallRouter) for m in child.modules())
+        mode = self._mode
+        off = (mode is not None and not holds and
+               torch.overrides._get_current_function_mode() is mode)
+        self._paused.append(off)
+        if off:
+            mode.__exit__(None, None, None)
+
+    def resume(self, child: nn.Module, args, output) -> None:
+        if self._paused and self._paused.pop():
+            self._mode.__enter__()
+
     def attach_to(self, host: nn.Module) -> None:
         host.add_module('attn_quantizer', self)
         host.register_forward_pre_hook(self.enter)
         host.register_forward_hook(self.exit, always_call=True)
+        for child in host.children():
+            if child is not self and not isinstance(child, TRANSPARENT):
+                child.register_forward_pre_hook(self.pause)
+                child.register_forward_hook(self.resume, always_call=True)
 
 
 def takes_value(quantizer: Optional[nn.Module]) -> bool:

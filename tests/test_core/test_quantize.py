@@ -213,6 +213,48 @@ def test_unmatched_dynamic_attention_raises():
         q(torch.randn(2, 8, 32))
 
 
+def test_matmuls_of_a_child_of_the_host_are_the_childs():
+    """Discovery gives a call to the innermost module running, so a child
+    of an attention host (here one that mixes the heads with a matmul of
+    its own, between Q·Kᵀ and the softmax) keeps its calls: the host's
+    capture is off while the child runs (before, the child's matmul was
+    taken as the host's softmax call: 'discovery pass' error)."""
+
+    class HeadMix(nn.Module):
+
+        def __init__(self, heads):
+            super().__init__()
+            self.mix = nn.Parameter(torch.eye(heads) + 0.1)
+
+        def forward(self, attn):
+            return torch.matmul(self.mix, attn.flatten(2)).view_as(attn)
+
+    class Mixed(ExplicitAttention):
+
+        def __init__(self):
+            super().__init__()
+            self.head_mix = HeadMix(self.heads)
+
+        def forward(self, x):
+            q, k, v = self.split(x)
+            attn = self.head_mix(q @ k.transpose(-2, -1))
+            return self.merge(self.softmax(attn) @ v)
+
+    model = Mixed().eval()
+    x = torch.randn(2, 5, 32)
+    q, _ = quantize_model(copy.deepcopy(model), dict(), [x])
+    router = q.attn_quantizer
+    assert router.kinds == ['matmul', 'softmax', 'matmul']
+    assert all(router.active)
+    with torch.no_grad():
+        out = q(x)
+        for m in q.modules():
+            if hasattr(m, 'observer'):
+                m.enabled = False
+        assert torch.allclose(q(x), model(x), atol=1e-5)
+    assert not torch.allclose(out, model(x), atol=1e-5)  # was quantized
+
+
 def test_sdpa_site_equals_torch_sdpa_when_disabled():
     from mmptq.nn import QuantMatMul, QuantSDPA, QuantSoftmax
     site = QuantSDPA(QuantMatMul(None, None), QuantSoftmax(None),
