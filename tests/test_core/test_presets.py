@@ -187,10 +187,12 @@ PRESET_CLAIMS = {
     # "aphq-vit_w4a4 ... with its MLP Reconstruction: a DIFFERENT MODEL"
     'aphq-vit_w4a4_mlp-recon': ('aphq-vit_w4a4', dict(transforms=[
         dict(type='APHQMLPReconstruction'), dict(type='RepQReparam')])),
-    # "repq-vit_w4a4 ... with the RoI heads ... at 8 bits"
-    'repq-vit_w4a4_roi-w8a8': ('repq-vit_w4a4', dict(overrides=[
-        dict(first_op=True, a_bits=8),
-        dict(name=r'roi_head\..*', w_bits=8, a_bits=8)])),
+    # "RepQ-ViT's W4A4 recipe ... the RoI heads (`roi_head.` ...) at 8
+    # bits ... RepQReparam(recalibrate=True)"
+    'repq-vit_w4a4_roi-w8a8': ('repq-vit_w4a4', dict(
+        transforms=[dict(type='RepQReparam', recalibrate=True)],
+        overrides=[dict(first_op=True, a_bits=8),
+                   dict(name=r'roi_head\..*', w_bits=8, a_bits=8)])),
     # PTQ4RIS: "the image input of the first op ... at 8 bits ... DRQ ...
     # post-Softmax (attn.softmax) ... post-GELU input of
     # every mmcv FFN's second Linear (`ffn.layers.1`) ... RORQ: the input of
