@@ -39,25 +39,22 @@ from .runner_setup import build_runner
 
 
 def output_probes(model: nn.Module) -> List[nn.Module]:
-    """The modules whose outputs are compared with FP: the dense head of a
-    one-stage detector (``bbox_head``: its outputs are the predictions);
-    the neck (else the backbone: the RoI head's input) and ``rpn_head`` of
-    a two-stage one (the RoI head's own damage shows in the loss only);
-    the classifier conv of a segmentor's decode head, the head of a
-    classifier; a plain module: itself.
+    """The modules whose outputs are compared with FP: the neck (else the
+    backbone) and the dense head of a detector (``bbox_head``, or
+    ``rpn_head`` of a two-stage one: the RoI head's damage shows in the
+    loss only), the classifier conv of a segmentor's decode head, the head
+    of a classifier; a plain module: itself.
 
-    A one-stage detector's neck is not compared: its features reach the
-    predictions through the head anyway, and on the demo RetinaNet their
-    noise ratio at W4A4 is ~4x the head outputs' (0.034 vs 0.009), so that
-    the mean over both made the backbone and neck ops look dearer than the
-    head's (docs/methods/mixed-precision.md)."""
+    The neck stays compared for a one-stage detector as well: on the demo
+    RetinaNet its noise ratio dominates the mean (0.034 per tensor against
+    the head outputs' 0.009 at W4A4), but comparing the head alone gave a
+    worse allocation at the BOPs of W4A4 (APbox 70.5 against 71.3; better
+    at W5A5: 75.2 against 74.6; docs/methods/mixed-precision.md)."""
     if not hasattr(model, 'data_preprocessor'):
         return [model]
     probes = []
-    one_stage = getattr(model, 'bbox_head', None) is not None and \
-        getattr(model, 'roi_head', None) is None
     for path in ('neck', 'backbone'):
-        if not one_stage and getattr(model, path, None) is not None:
+        if getattr(model, path, None) is not None:
             probes.append(getattr(model, path))
             break
     for path in ('bbox_head', 'rpn_head', 'decode_head.conv_seg', 'head'):

@@ -184,10 +184,10 @@ class Detector(nn.Module):
 
 
 def test_output_probes():
-    """One-stage: the dense head's outputs only (the predictions); two-
-    stage: the neck (the RoI head's input) and the RPN."""
+    """The neck and the dense head (one-stage) or the RPN (two-stage: the
+    neck is the RoI head's input); a plain module: itself."""
     one = Detector(two_stage=False)
-    assert output_probes(one) == [one.bbox_head]
+    assert output_probes(one) == [one.neck, one.bbox_head]
     two = Detector(two_stage=True)
     assert output_probes(two) == [two.neck, two.rpn_head]
     plain = FragileMLP()
