@@ -247,7 +247,7 @@ def hutchinson_traces(params: Sequence[Tensor],
                       seed: int = 0) -> Tuple[List[float], List[float]]:
     """Hutchinson estimates of the traces of the Hessian blocks H_pp of the
     mean task loss, one per tensor p of ``params`` (HAWQ-V2, Dong et al.,
-    NeurIPS 2020, Sec. 3.1, Algorithm 1; PyHessian):
+    NeurIPS 2020, arXiv:1911.03852: Hutchinson's estimator; PyHessian):
 
         Tr(H_pp) ≈ (1/m) Σ_i v_iᵀ (H v_i)_p,   v_i ~ Rademacher,
 
@@ -300,7 +300,7 @@ def hessian_sensitivity(ops: Sequence[QuantOp],
                         num_samples: int = 8,
                         seed: int = 0) -> Dict[str, dict]:
     """HAWQ-V2's sensitivity of each weight op of ``ops`` (Dong et al.,
-    NeurIPS 2020, Eq. 4 and Sec. 3.3):
+    NeurIPS 2020, arXiv:1911.03852, Eq. 2.11):
 
         Ω = Tr(H)/n · ‖Q(W) − W‖²
 

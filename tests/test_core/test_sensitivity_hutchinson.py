@@ -84,7 +84,7 @@ class Regression(nn.Module):
 
 
 def test_hawq_v2_omega_of_a_layer():
-    """Ω = Tr(H)/n · ‖Q(W) − W‖² (HAWQ-V2 Eq. 4) for fc2 of a linear
+    """Ω = Tr(H)/n · ‖Q(W) − W‖² (HAWQ-V2 Eq. 2.11) for fc2 of a linear
     regression, whose Hessian is known in closed form; the weight
     quantizers are left as they were."""
     model = Regression().eval()
