@@ -67,7 +67,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'the CPU time of the calling thread (robust to load)')
     parser.add_argument('--pareto', action='store_true',
                         help='metric against BOPs and size: uniform W4A4 / '
-                        'W6A6 / W8A8 of the first --quant-cfg and mixed '
+                        'W5A5 / W6A6 / W8A8 of the first --quant-cfg and mixed '
                         'precision at the BOPs of W4A4 / W5A5 / W6A6 '
                         '(mmptq.apis.pareto); pareto.md and one plot per '
                         'model in <work-dir>/pareto_<model>')
