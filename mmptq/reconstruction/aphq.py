@@ -97,6 +97,9 @@ def perturbed_grads(model: nn.Module, unit: nn.Module, batches: list,
     for sign in (1.0, -1.0):
         found: List[List[Tensor]] = []
         state = dict(count=0)
+        # id of the copy passed on -> (the copy, kept alive so that its id
+        # is not reused, the leaf's id)
+        passed: Dict[int, tuple] = {}
 
         def hook(mod, args, output):
             if state['count'] >= calls:
@@ -109,6 +112,11 @@ def perturbed_grads(model: nn.Module, unit: nn.Module, batches: list,
                 if isinstance(leaf, Tensor) and leaf.is_floating_point():
                     leaf = (leaf.detach() + sign * delta).requires_grad_(True)
                     slot.append(leaf)
+                    # a non-leaf copy: the next op may be in place
+                    # (mmdet's RoI heads: ReLU(inplace=True))
+                    copy = leaf.clone()
+                    passed[id(copy)] = (copy, id(leaf))
+                    leaf = copy
                 out.append(leaf)
             found.append(slot)
             return tree_unflatten(out, spec)
@@ -118,11 +126,13 @@ def perturbed_grads(model: nn.Module, unit: nn.Module, batches: list,
             with torch.enable_grad(), quantization_off(model):
                 for batch, ref in zip(batches, refs):
                     state['count'] = 0
+                    passed.clear()
                     start = len(found)
                     pred = task_forward(model, batch)
                     loss = task_loss(pred, ref, temperature)
                     leaves = [t for slot in found[start:] for t in slot]
-                    final = {id(t) for t in tree_flatten(pred)[0]}
+                    final = {passed.get(id(t), (None, id(t)))[1]
+                             for t in tree_flatten(pred)[0]}
                     if not torch.is_tensor(loss) or not loss.requires_grad:
                         got = [torch.zeros_like(t) for t in leaves]
                     else:

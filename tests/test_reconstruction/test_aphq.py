@@ -120,3 +120,17 @@ def test_task_forward_of_a_plain_module():
 def test_bad_aphq_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         APHQReconstruction(**kwargs)
+
+
+def test_aph_when_the_next_op_is_in_place():
+    """The perturbed output feeds an in-place ReLU (mmdet's RoI heads): the
+    estimate is the one of the out-of-place network."""
+    torch.manual_seed(0)
+    unit = nn.Linear(4, 4).double()
+    model = nn.Sequential(unit, nn.ReLU(inplace=True), nn.Linear(4, 3).double())
+    ref_model = nn.Sequential(unit, nn.ReLU(), model[2])
+    x = [torch.randn(2, 5, 4, dtype=torch.float64)]
+    refs = [model(x[0]).detach()]
+    got = perturbed_grads(model, unit, x, 1, refs, 1e-3, 1.0)
+    want = perturbed_grads(ref_model, unit, x, 1, refs, 1e-3, 1.0)
+    torch.testing.assert_close(got[0][0], want[0][0])
