@@ -43,6 +43,7 @@ from torch.utils._pytree import tree_flatten
 
 from mmptq.registry import MODEL_TRANSFORMS
 from .aphq import aph_loss, average_hessian, perturbed_grads, task_forward
+from .block import holdout_count
 
 
 def find_mlps(model: nn.Module, pattern: str) -> List[Tuple[str, str]]:
@@ -229,19 +230,15 @@ class APHQMLPReconstruction:
                 self.temperature))
             if len(aph) == len(calls):
                 weights = aph
-        n_held = 0
-        if len(batches) > 1 and self.holdout > 0:
-            n_held = max(1, round(len(batches) * self.holdout))
+        n_held = holdout_count(len(batches), self.holdout)
         n_fit = (len(batches) - n_held) * per_batch
-        fit_idx = list(range(n_fit))
         held = calls[n_fit:] or calls
         new = copy.deepcopy(mlp)
         swap_to_relu(new, act)
         new.eval()
         error_swap = output_error(new, held)
         start = {k: v.clone() for k, v in new.state_dict().items()}
-        self._fit(new, act, [calls[i] for i in fit_idx],
-                  [weights[i] for i in fit_idx], ub)
+        self._fit(new, act, calls[:n_fit], weights[:n_fit], ub)
         error_fit = output_error(new, held)
         mode, reason = 'fitted', ''
         if not error_fit < error_swap:

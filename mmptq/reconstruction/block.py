@@ -90,6 +90,12 @@ def input_gap(fp, q) -> float:
     return num / max(den, 1e-30)
 
 
+def holdout_count(n: int, fraction: float) -> int:
+    """How many of ``n`` items are held out: ``round(fraction * n)``, at
+    least one, when ``fraction > 0`` and ``n >= 2``; otherwise none."""
+    return max(1, round(fraction * n)) if fraction > 0 and n >= 2 else 0
+
+
 def split_holdout(samples: SampleSet,
                   fraction: float) -> Tuple[SampleSet, SampleSet]:
     """(fit, held-out) samples: the last ``round(fraction * n)`` calls (at
@@ -100,7 +106,7 @@ def split_holdout(samples: SampleSet,
         fraction: the share of calls held out, in [0, 1).
     """
     n = samples.count
-    held = max(1, round(fraction * n)) if fraction > 0 and n >= 2 else 0
+    held = holdout_count(n, fraction)
     if not held:
         return samples, samples
     keys = samples.keys
