@@ -1,8 +1,10 @@
 # RepQ-ViT (Li et al., ICCV 2023) at W4A4:
 #  - post-LayerNorm activations calibrated per channel, then reparameterized
 #    into per-tensor quantizers folded into LayerNorm and the next Linear
-#    (RepQReparam); the weights of those Linears are calibrated again, the
-#    other quantizers keep their parameters (the reference's schedule);
+#    (RepQReparam); the weights of those Linears are calibrated again, then
+#    every other activation quantizer is calibrated again on the folded
+#    model (the reference code keeps their first-pass parameters:
+#    RepQReparam(recalibrate=False); docs/methods/repq-vit.md);
 #  - post-Softmax: log-sqrt2 quantizer;
 #  - uniform asymmetric quantizers whose clip range is the best of the
 #    {0.999, 0.9999, 0.99999} percentiles by MSE: weights per output channel,

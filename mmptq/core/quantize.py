@@ -345,13 +345,54 @@ def sync_observers(qs: List[BaseQuantizer]) -> None:
             q.update_qparams()
 
 
+class _PassDone(Exception):
+    """Ends a forward of a calibration pass that has what it needs."""
+
+
+class _StopAfter:
+    """Forward hooks that end each forward (``_PassDone``) once the given
+    quantizers have made as many calls as in the first forward, which runs
+    to the end and is counted."""
+
+    def __init__(self, quantizers: Iterable[nn.Module]) -> None:
+        self.handles = [q.register_forward_hook(self.count)
+                        for q in quantizers]
+        self.expected: Optional[int] = None
+        self.calls = 0
+
+    def count(self, module: nn.Module, args, output) -> None:
+        self.calls += 1
+        if self.calls == self.expected:
+            raise _PassDone
+
+    def run(self, run: Callable, batch) -> None:
+        self.calls = 0
+        try:
+            run(batch)
+        except _PassDone:
+            return
+        if self.expected is None:
+            self.expected = self.calls
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def calibrate(model: nn.Module, batches: Iterable, run: Callable,
               mode: str = 'sequential',
               fixed: Iterable[nn.Module] = (),
-              reset: bool = False) -> None:
+              reset: bool = False,
+              stop_after: Optional[Iterable[nn.Module]] = None) -> None:
     """Feed the calibration batches with every activation quantizer
     observing, except the ``fixed`` ones (they keep their parameters);
     with ``reset``, the observing ones first forget what they saw.
+
+    ``stop_after`` (quantizers): every forward after the first ends once
+    they have made as many calls as in the first (a pass whose statistics
+    a transform needs only up to them, before it calibrates everything
+    again: ``BaseTransform.first_pass_needs``). The quantizers after them
+    may then be left without data; the pass that follows gives it.
 
     sequential: quantization is on while observing, so every layer sees the
     output of already-quantized layers (RepQ-ViT's order); parallel: the
@@ -388,11 +429,19 @@ def calibrate(model: nn.Module, batches: Iterable, run: Callable,
         if reset and q.observing:
             q.observer.reset()
     bar = ProgressBar(len(batches)) if hasattr(batches, '__len__') else None
-    with torch.no_grad():
-        for batch in batches:
-            run(batch)
-            if bar is not None:
-                bar.update()
+    stop = None if stop_after is None else _StopAfter(stop_after)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if stop is None:
+                    run(batch)
+                else:
+                    stop.run(run, batch)
+                if bar is not None:
+                    bar.update()
+    finally:
+        if stop is not None:
+            stop.remove()
     if dist.get_world_size() > 1:
         sync_observers([q for q in qs if q.observing])
     for q in qs:  # statistics are final: later forwards must not move them
@@ -478,7 +527,10 @@ def quantize_model(
     stage('before_calibration', model=model)
     print_log(f'mmptq: calibrating {len(find_quantizers(model))} quantizers '
               f'on {len(batches)} batches ({mode})', logger='current')
-    calibrate(model, batches, run, mode)
+    needs = [transform.first_pass_needs() for transform in transforms]
+    stop_after = None if not needs or None in needs else [
+        q for quantizers in needs for q in quantizers]
+    calibrate(model, batches, run, mode, stop_after=stop_after)
     for transform in transforms:
         transform.after_calibration(model, ctx)
         summary.transforms.extend(transform.rows)

@@ -1,6 +1,6 @@
 """Model transforms: rewrites that run at stages of ``quantize_model``."""
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from torch import nn
 
@@ -49,6 +49,15 @@ class BaseTransform:
     def after_calibration(self, model: nn.Module,
                           ctx: TransformContext) -> None:
         pass
+
+    def first_pass_needs(self) -> Optional[List[nn.Module]]:
+        """Called after ``before_calibration``: the quantizers whose
+        statistics of the first calibration pass this transform needs,
+        when it calibrates all the others again after its rewrite
+        (``ctx.recalibrate``); the pass then ends each forward after them.
+        None (the default): the whole pass. The pass is cut only when
+        every transform gives a list."""
+        return None
 
     @classmethod
     def restore(cls, model: nn.Module, row: dict) -> None:

@@ -1,5 +1,5 @@
 """RepQ-ViT scale reparameterization of post-LayerNorm activations."""
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -62,14 +62,17 @@ class RepQReparam(BaseTransform):
     the LayerNorm affine and the Linear weight and bias
     (:func:`reparam_params`, :func:`fold_reparam`). The FP function is
     unchanged; the Linears' weight quantizers are re-initialised on the new
-    weights, and the other activation quantizers keep their parameters, as
-    in the reference code (its second forward only re-initialises the
-    qkv / fc1 weight quantizers). ``recalibrate=True`` instead feeds the
-    calibration data again and searches every other activation quantizer
-    anew on the reparameterized model (the folded inputs keep Δ̃, z̃): twice
-    the calibration cost, and on the demo models within ±0.3 points of the
-    default (mask-rcnn_swin W4A4 65.7 / 60.0 vs 65.4 / 60.1 APbox / APmask,
-    deit 95.60 vs 95.50 top-1; docs/calibration-speed.md).
+    weights, then the calibration data is fed again and every other
+    activation quantizer is searched anew on the reparameterized model
+    (the folded inputs keep Δ̃, z̃): in sequential calibration the layers
+    after a fold see its per-tensor quantization, not the per-channel one
+    of the first pass. The first pass stops after the last post-LayerNorm
+    input (``first_pass_needs``). ``recalibrate=False`` is the reference
+    code's schedule (its second forward only re-initialises the qkv / fc1
+    weight quantizers; the other quantizers keep parameters fitted to the
+    model before the fold): one pass, and on LayerNorm channels spread
+    like a pretrained ViT's markedly worse (deit-outlier W4A4 93.70 vs
+    95.95 top-1; docs/calibration-speed.md).
 
     Pairs are found by structure (``trace_norm_uses``), not by names: a
     LayerNorm whose output reaches one or more Linears only through
@@ -85,10 +88,11 @@ class RepQReparam(BaseTransform):
 
     Args:
         recalibrate: calibrate every activation quantizer again after the
-            fold (not the reference's schedule; see above).
+            fold (the default; False: the reference's schedule, see
+            above).
     """
 
-    def __init__(self, recalibrate: bool = False) -> None:
+    def __init__(self, recalibrate: bool = True) -> None:
         super().__init__()
         self.recalibrate = recalibrate
         self.uses: dict = {}
@@ -139,6 +143,15 @@ class RepQReparam(BaseTransform):
                 q.granularity, q.ch_axis = 'channel', -1
                 q.observer.reset()
             self.pairs.append((use, model.get_submodule(use.norm), linears))
+
+    def first_pass_needs(self) -> Optional[List[nn.Module]]:
+        """With ``recalibrate``, the fold needs the first pass only up to
+        the last post-LayerNorm input: everything after it is searched
+        again in the second pass."""
+        if not (self.recalibrate and self.pairs):
+            return None
+        return [lin.input_quantizer for _, _, linears in self.pairs
+                for lin in linears]
 
     def after_calibration(self, model: nn.Module,
                           ctx: TransformContext) -> None:

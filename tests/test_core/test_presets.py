@@ -187,10 +187,9 @@ PRESET_CLAIMS = {
     # "aphq-vit_w4a4 ... with its MLP Reconstruction: a DIFFERENT MODEL"
     'aphq-vit_w4a4_mlp-recon': ('aphq-vit_w4a4', dict(transforms=[
         dict(type='APHQMLPReconstruction'), dict(type='RepQReparam')])),
-    # "RepQ-ViT's W4A4 recipe ... the RoI heads (`roi_head.` ...) at 8
-    # bits ... RepQReparam(recalibrate=True)"
+    # "RepQ-ViT's W4A4 recipe ... with the RoI heads (`roi_head.` ...) at
+    # 8 bits"
     'repq-vit_w4a4_roi-w8a8': ('repq-vit_w4a4', dict(
-        transforms=[dict(type='RepQReparam', recalibrate=True)],
         overrides=[dict(first_op=True, a_bits=8),
                    dict(name=r'roi_head\..*', w_bits=8, a_bits=8)])),
     # PTQ4RIS: "the image input of the first op ... at 8 bits ... DRQ ...

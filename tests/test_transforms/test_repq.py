@@ -287,6 +287,61 @@ def test_second_pass_only_when_something_was_folded(with_norm, recalibrate):
     _, summary = quantize_model(model, cfg, data)
     folded = [t for t in summary.transforms if t['mode'] != 'skipped']
     assert len(folded) == int(with_norm)
-    # discover + the LayerNorm trace + one pass (+ one more after a fold)
-    assert len(calls) == 2 + len(data) * (2 if with_norm and recalibrate
-                                          else 1)
+    # discover + the LayerNorm trace + one pass (+ one more after a fold,
+    # whose first pass ends each forward after the Linear's input but the
+    # first: the root's hook sees only that one)
+    passes = (1 + len(data)) if with_norm and recalibrate else len(data)
+    assert len(calls) == 2 + passes
+
+
+class LateTail(nn.Module):
+    """Two post-LayerNorm Linears, then a tail of quantized ops that no
+    fold needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(8), nn.LayerNorm(8)
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.tail = nn.Sequential(nn.GELU(), nn.Linear(8, 16), nn.ReLU(),
+                                  nn.Linear(16, 4))
+
+    def forward(self, x):
+        x = x + self.fc1(self.ln1(x))
+        return self.tail(self.fc2(self.ln2(x)))
+
+
+def test_first_pass_cut_after_the_last_fold_input_changes_nothing(
+        monkeypatch):
+    """With ``recalibrate`` the first pass ends each forward (but the
+    first) after the last post-LayerNorm input: what comes after is
+    searched again in the second pass, so the quantized model is
+    bit-identical to the one from the whole first pass, and the tail runs
+    only in the first forward of that pass."""
+    from mmptq.transforms import RepQReparam
+    torch.manual_seed(0)
+    model = LateTail().eval()
+    for ln in (model.ln1, model.ln2):  # channel spread: folds that matter
+        nn.init.uniform_(ln.weight, 0.1, 10.0)
+    data = [torch.randn(2, 5, 8) * 3 for _ in range(4)]
+
+    def quantize():
+        m = copy.deepcopy(model)
+        tail = []
+        m.tail.register_forward_hook(lambda *a: tail.append(1))
+        m, summary = quantize_model(m, W4A4_REPQ, data)
+        assert sum(r['mode'] == 'scale+shift'
+                   for r in summary.transforms) == 2
+        return m, len(tail)
+
+    cut, cut_tail = quantize()
+    monkeypatch.setattr(RepQReparam, 'first_pass_needs', lambda self: None)
+    whole, whole_tail = quantize()
+    # discover + trace + first pass + second pass
+    assert whole_tail == 2 + 2 * len(data)
+    assert cut_tail == 2 + 1 + len(data)
+    a, b = cut.state_dict(), whole.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with torch.no_grad():
+        assert torch.equal(cut(data[0]), whole(data[0]))
