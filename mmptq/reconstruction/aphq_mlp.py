@@ -305,6 +305,10 @@ class APHQMLPReconstruction:
     def after_calibration(self, model: nn.Module, ctx) -> None:
         pass
 
+    def first_pass_needs(self) -> None:
+        """The whole first calibration pass (it runs before wrapping)."""
+        return None
+
     @classmethod
     def restore(cls, model: nn.Module, row: dict) -> None:
         """Before a quantized checkpoint loads: the recorded MLP's GELU
