@@ -132,6 +132,21 @@ def shift_keys(state: StateDict, prefix: str = 'mask_decoder.',
     return state
 
 
+@register_variant('bimodal16')
+def shift_keys_far(state: StateDict) -> StateDict:
+    """:func:`shift_keys` at ``scale=16`` (``sam-bimodal16``), the modes
+    far apart: on the demo SAM the 4-bit per-tensor step of the keys is
+    2.2-3.9 x a key channel's median standard deviation (0.7-1.2 x without
+    the shift, 1.0-1.8 x at ``bimodal``'s scale 4), which plain W4A4 does
+    not tolerate; BIG's sign fold brings it back to the unshifted step
+    (docs/methods/ptq4sam.md).
+
+    Args:
+        state: the state dict (edited in place and returned).
+    """
+    return shift_keys(state, scale=16.0)
+
+
 #: (LayerNorm, Linear layers it alone feeds), as key suffixes of one block:
 #: mmpretrain's ViT (ln1 -> attn.qkv, ln2 -> ffn), mmdet's Swin
 #: (norm1 -> attn.w_msa.qkv, norm2 -> ffn), HiViT / timm (mlp.fc1) and
