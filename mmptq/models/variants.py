@@ -8,6 +8,7 @@ checkpoint file is added. Variants keep the FP function (they change what
 quantization sees: signs, scales, outlier channels), so a variant's FP row
 equals its base model's.
 """
+import functools
 import re
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -132,19 +133,17 @@ def shift_keys(state: StateDict, prefix: str = 'mask_decoder.',
     return state
 
 
-@register_variant('bimodal16')
-def shift_keys_far(state: StateDict) -> StateDict:
-    """:func:`shift_keys` at ``scale=16`` (``sam-bimodal16``), the modes
-    far apart: on the demo SAM the 4-bit per-tensor step of the keys is
-    2.2-3.9 x a key channel's median standard deviation (0.7-1.2 x without
-    the shift, 1.0-1.8 x at ``bimodal``'s scale 4), which plain W4A4 does
-    not tolerate; BIG's sign fold brings it back to the unshifted step
-    (docs/methods/ptq4sam.md).
-
-    Args:
-        state: the state dict (edited in place and returned).
-    """
-    return shift_keys(state, scale=16.0)
+#: ``bimodal<scale>``: :func:`shift_keys` with the modes farther apart
+#: (``sam-bimodal16``, ``sam-bimodal32``). On the demo SAM the 4-bit
+#: per-tensor step of the keys (min / max, 0 in the range) is 0.7-1.2 x a
+#: key channel's median standard deviation without the shift, 1.0-1.8 x at
+#: ``bimodal``'s scale 4 (plain W4A4 barely notices), 2.2-3.9 x at 16 and
+#: 3.8-6.6 x at 32; BIG's sign fold halves it (the folded keys lie in
+#: [0, m + spread]; the range keeps 0). docs/methods/ptq4sam.md
+FAR_SHIFT_SCALES: Tuple[int, ...] = (16, 32)
+for _scale in FAR_SHIFT_SCALES:
+    register_variant(f'bimodal{_scale}')(
+        functools.partial(shift_keys, scale=float(_scale)))
 
 
 #: (LayerNorm, Linear layers it alone feeds), as key suffixes of one block:

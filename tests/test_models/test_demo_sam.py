@@ -79,9 +79,10 @@ def test_signflip_keeps_the_fp_masks(demo):
     assert all(torch.equal(a, b) for a, b in zip(base, flipped))
 
 
-@pytest.mark.parametrize('variant,scale', [('bimodal', 4), ('bimodal16', 16)])
+@pytest.mark.parametrize('variant,scale',
+                         [('bimodal', 4), ('bimodal16', 16), ('bimodal32', 32)])
 def test_bimodal_keeps_the_fp_mask_logits(demo, variant, scale):
-    """sam-bimodal / sam-bimodal16 on the trained weights: each k_proj
+    """sam-bimodal / -bimodal16 / -bimodal32 on the trained weights: each k_proj
     bias moves by ±scale x the largest key-weight row norm (float16
     rounding: 1e-3 relative), and the mask logits stay within 1e-5 of the
     demo SAM's (a constant per query's logits; float rounding only: 1e-6
