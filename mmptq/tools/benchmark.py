@@ -32,8 +32,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--variant', metavar='NAME',
                         help='a state-dict variant applied to every --model '
                         'checkpoint after loading (mmptq.models.variants: '
-                        'outlier, signflip, bimodal); its rows are named '
-                        '<config>-<NAME>')
+                        'outlier, signflip, bimodal, bimodal16, bimodal32); '
+                        'its rows are named <config>-<NAME>')
     parser.add_argument('--demo', nargs='*', metavar='NAME',
                         help=f'the demo models (all, or some of '
                         f'{demo_names()})')
