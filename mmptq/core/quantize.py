@@ -508,6 +508,8 @@ def quantize_model(
     model.eval()
     run = run_batch(model)
     first = next(iter(batches))
+    if reconstruction is not None:
+        reconstruction.check_model(model, first)
     calls, call_counts, first_op = discover(model, first, run)
     mode = cfg['calib']['mode']
 

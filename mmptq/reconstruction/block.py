@@ -16,7 +16,8 @@ unit and ends with the same parameters (sampling and QDrop masks are seeded
 per unit from ``seed``).
 
 The methods are subclasses, one file each, that set ``DEFAULTS`` and
-override the extension points (``prepare``, ``sample_extras``,
+override the extension points (``check_model``, ``prepare``,
+``sample_extras``,
 ``correct_input``, ``mix_inputs``, ``fitting``, ``unit_loss``,
 ``extra_loss``): ``adaround.py``, ``brecq.py``, ``qdrop.py``,
 ``pdquant.py``, ``aphq.py``.
@@ -152,7 +153,8 @@ class BlockReconstruction:
         resume: continue a run found in ``work_dir`` (False: start over).
         seed: seed of sampling and QDrop masks.
         keep_better: after fitting a unit, compare its output error
-            (``rec_loss``, no drop) before and after on the held-out calls;
+            (``rec_loss`` plus the method's ``extra_loss``, no drop) before
+            and after on the held-out calls;
             where the fit made it larger, the unit's pre-fit state (weights,
             rounding, activation steps) is restored and the revert logged,
             so reconstruction never makes a unit worse than calibration
@@ -202,6 +204,11 @@ class BlockReconstruction:
             log_interval=c['log_interval'] or max(c['iters'] // 5, 1))
 
     # -- extension points of the methods ----------------------------------
+    def check_model(self, model: nn.Module, batch) -> None:
+        """Raise a ValueError where the method cannot run on ``model``
+        (called on the FP model with the first calibration batch, before
+        any calibration)."""
+
     def prepare(self, model: nn.Module, batches: list) -> None:
         """Before the first unit (PD-Quant: the FP predictions)."""
 

@@ -145,8 +145,10 @@ class UnitFitter:
 
     @torch.no_grad()
     def error(self, samples: SampleSet, limit: int = 64) -> float:
-        """Mean ``rec_loss`` of the quantized unit (no drop) over the first
-        ``limit`` samples, each whole."""
+        """Mean output error of the quantized unit (no drop) over the first
+        ``limit`` samples, each whole: ``rec_loss`` plus the method's
+        ``extra_loss`` (PD-Quant's prediction difference, whose aim a
+        local MSE alone would veto)."""
         total = 0.0
         n = min(samples.count, limit)
         for i in samples.keys[:n]:
@@ -155,6 +157,9 @@ class UnitFitter:
             args, kwargs = sample['args']
             total += float(rec_loss(self.unit(*args, **kwargs),
                                     sample['target']))
+            extra = self.method.extra_loss(self.unit, sample)
+            if extra is not None:
+                total += float(extra)
         return total / max(n, 1)
 
     def _run(self, phase: str, samples: SampleSet, gen: torch.Generator,

@@ -21,6 +21,13 @@ from .fit import rec_loss
 from .qdrop import QDropReconstruction
 
 
+def not_a_classifier(what: str) -> ValueError:
+    return ValueError(
+        f'PD-Quant\'s prediction loss needs a classifier whose tensor '
+        f'forward returns (N, classes) logits; this model {what}. Use '
+        f'QDropReconstruction (or pd_weight=0) for detectors and segmentors')
+
+
 def forward_logits(model: nn.Module, inputs: Tensor) -> Tensor:
     """Class logits of a classifier: ``model(inputs, mode='tensor')`` for
     OpenMMLab models (after the data preprocessor), ``model(inputs)``
@@ -30,11 +37,8 @@ def forward_logits(model: nn.Module, inputs: Tensor) -> Tensor:
     else:
         out = model(inputs)
     if not isinstance(out, Tensor) or out.dim() != 2:
-        raise ValueError(
-            f'PD-Quant\'s prediction loss needs a classifier whose tensor '
-            f'forward returns (N, classes) logits; this model returns '
-            f'{type(out).__name__}. Use QDropReconstruction (or '
-            f'pd_weight=0) for detectors and segmentors')
+        shape = tuple(out.shape) if isinstance(out, Tensor) else ''
+        raise not_a_classifier(f'returns {type(out).__name__}{shape}')
     return out
 
 
@@ -99,6 +103,21 @@ class PDQuantReconstruction(QDropReconstruction):
     DEFAULTS = dict(QDropReconstruction.DEFAULTS, pd_weight=10.0,
                     temperature=4.0, dist_correction=True, dc_iters=500,
                     dc_lr=1e-3, dc_weight=0.02)
+
+    def check_model(self, model: nn.Module, batch) -> None:
+        """The prediction loss needs (N, classes) logits: one FP tensor
+        forward of ``batch`` (a detector's fails or returns a tuple)."""
+        if self.cfg['pd_weight'] <= 0:
+            return
+        with torch.no_grad():
+            try:
+                forward_logits(model, model_inputs(model, batch))
+            except ValueError:
+                raise
+            except Exception as err:  # the model's own tensor forward fails
+                raise not_a_classifier(
+                    f'{type(model).__name__} fails in it '
+                    f'({type(err).__name__}: {err})') from err
 
     def prepare(self, model: nn.Module, batches: list) -> None:
         """FP logits of every calibration batch (the targets of the

@@ -311,6 +311,23 @@ def test_pd_loss_needs_a_classifier(tmp_path):
                                      work_dir=str(tmp_path))), data)
 
 
+def test_pd_loss_on_a_detector_fails_before_calibration(tmp_path):
+    """mmdet's two-stage tensor forward fails without data samples: the
+    error names PD-Quant's need and comes before anything is wrapped."""
+    pytest.importorskip('mmdet')
+    from mmptq.apis.analyze import build_random_model, synthetic_batch
+    from mmptq.core.quantize import find_quantizers
+    model, scope = build_random_model(
+        'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
+    with pytest.raises(ValueError, match='needs a classifier.*MaskRCNN '
+                       'fails in it'):
+        quantize_model(
+            model, dict(w_bits=4, a_bits=4, reconstruction=dict(
+                type='PDQuantReconstruction', work_dir=str(tmp_path))),
+            [synthetic_batch(scope, 1, (64, 64), seed=0)])
+    assert find_quantizers(model) == []
+
+
 def test_distribution_correction_moves_bn_statistics():
     """PD-Quant's DC: the corrected input brings the BN input statistics
     closer to the BN running statistics, staying near the input."""

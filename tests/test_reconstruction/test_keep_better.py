@@ -48,6 +48,36 @@ def test_keep_better_off_keeps_a_worse_fit(tmp_path):
                for r in summary.reconstruction)
 
 
+def test_the_compared_error_includes_the_methods_extra_loss():
+    """PD-Quant's prediction term is part of the error keep-the-better
+    compares: a local MSE alone would veto a fit made for the prediction."""
+    from mmptq.reconstruction.cache import RecordCache
+    from mmptq.reconstruction.fit import UnitFitter
+    from mmptq.reconstruction.samples import SampleSet
+
+    class WithExtra(QDropReconstruction):
+
+        def extra_loss(self, unit, batch):
+            return torch.tensor(0.25)
+
+    torch.manual_seed(0)
+    unit = torch.nn.Linear(3, 3)
+    cache = RecordCache(64, '/nonexistent')
+    x, target = torch.randn(2, 3), torch.randn(2, 3)
+    cache.put(0, dict(args=((x, ), {}), fp=None, target=target, index={},
+                      extra=None))
+    samples = SampleSet(cache, 1)
+
+    def error(method):
+        return UnitFitter(unit, method.fit_config(), print,
+                          method).error(samples)
+
+    with torch.no_grad():
+        mse = float((unit(x) - target).pow(2).sum(-1).mean())
+    assert error(QDropReconstruction()) == pytest.approx(mse)
+    assert error(WithExtra()) == pytest.approx(mse + 0.25)
+
+
 def test_split_holdout():
     from mmptq.reconstruction.cache import RecordCache
     from mmptq.reconstruction.samples import SampleSet
