@@ -192,6 +192,11 @@ PRESET_CLAIMS = {
     'repq-vit_w4a4_roi-w8a8': ('repq-vit_w4a4', dict(
         overrides=[dict(first_op=True, a_bits=8),
                    dict(name=r'roi_head\..*', w_bits=8, a_bits=8)])),
+    # "aphq-vit_w4a4 (RepQ-ViT W4A4, then APHQ-ViT block reconstruction)
+    # with the RoI heads (`roi_head.` ...) at 8 bits"
+    'aphq-vit_w4a4_roi-w8a8': ('aphq-vit_w4a4', dict(
+        overrides=[dict(first_op=True, a_bits=8),
+                   dict(name=r'roi_head\..*', w_bits=8, a_bits=8)])),
     # PTQ4RIS: "the image input of the first op ... at 8 bits ... DRQ ...
     # post-Softmax (attn.softmax) ... post-GELU input of
     # every mmcv FFN's second Linear (`ffn.layers.1`) ... RORQ: the input of

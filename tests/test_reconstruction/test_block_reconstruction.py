@@ -17,6 +17,7 @@ from mmptq.quantizers import AdaRoundQuantizer, BaseQuantizer, UniformQuantizer
 from mmptq.reconstruction import (BlockReconstruction, BRECQReconstruction,
                                   QDropReconstruction, RecordCache,
                                   find_units)
+from mmptq.reconstruction.block import BASE_DEFAULTS, input_gap
 from mmptq.reconstruction.capture import quantization_off
 from mmptq.reconstruction.pdquant import correct_distribution
 from mmptq.reconstruction.qdrop import activation_drop
@@ -309,6 +310,26 @@ def test_pd_loss_needs_a_classifier(tmp_path):
             dict(w_bits=4, a_bits=4,
                  reconstruction=dict(type='PDQuantReconstruction', iters=2,
                                      work_dir=str(tmp_path))), data)
+
+
+def test_input_gap_of_rois_with_two_boxes_swapped_is_no_twin():
+    """RoI features of 20 boxes where the quantized model swapped two:
+    the whole-tensor distance (0.2) is under match_tol (0.5), the largest
+    row's is 2 mean rows; a small perturbation of every row stays a twin,
+    with the closed-form gap max_r ‖δ_r‖² / mean_r ‖x_r‖²."""
+    torch.manual_seed(0)
+    fp = torch.randn(20, 8, 4, 4)
+    q = fp.clone()
+    q[[3, 7]] = fp[[7, 3]]
+    whole = float((q - fp).pow(2).sum() / fp.pow(2).sum())
+    assert whole < BASE_DEFAULTS['match_tol'] < 1.0
+    assert input_gap(((fp, ), {}), ((q, ), {})) > 1.0
+    delta = 0.1 * torch.randn_like(fp)
+    expected = float(delta.pow(2).flatten(1).sum(1).max() /
+                     fp.pow(2).flatten(1).sum(1).mean())
+    assert input_gap(((fp, ), {}), ((fp + delta, ), {})) == pytest.approx(
+        expected)
+    assert input_gap(((fp, ), {}), ((fp[:19], ), {})) == float('inf')
 
 
 def test_pd_loss_on_a_detector_fails_before_calibration(tmp_path):
