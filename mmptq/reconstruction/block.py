@@ -17,10 +17,9 @@ per unit from ``seed``).
 
 The methods are subclasses, one file each, that set ``DEFAULTS`` and
 override the extension points (``check_model``, ``prepare``,
-``sample_extras``,
-``correct_input``, ``mix_inputs``, ``fitting``, ``unit_loss``,
-``extra_loss``): ``adaround.py``, ``brecq.py``, ``qdrop.py``,
-``pdquant.py``, ``aphq.py``.
+``sample_extras``, ``correct_input``, ``mix_inputs``, ``fitting``,
+``unit_loss``, ``extra_loss``): ``adaround.py``, ``brecq.py``,
+``qdrop.py``, ``pdquant.py``, ``aphq.py``.
 """
 import contextlib
 import hashlib

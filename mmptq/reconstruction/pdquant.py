@@ -22,6 +22,7 @@ from .qdrop import QDropReconstruction
 
 
 def not_a_classifier(what: str) -> ValueError:
+    """The error for a model without class logits (``what`` it does)."""
     return ValueError(
         f'PD-Quant\'s prediction loss needs a classifier whose tensor '
         f'forward returns (N, classes) logits; this model {what}. Use '
